@@ -1,0 +1,34 @@
+"""lakehouse: a medallion ETL engine (bronze → silver → gold Delta tables) on Ray Data, driven by Prefect."""
+
+from lakehouse.context import RunContext, StageResult
+from lakehouse.errors import (
+    CommitConflict,
+    ConfigError,
+    LakehouseError,
+    SchemaMismatch,
+    SourceFileError,
+    TableError,
+)
+from lakehouse.runner import RunReport, build_gold, build_silver, ingest, pipeline, record, run
+from lakehouse.settings import RaySettings, Settings, settings_from_env
+
+__all__ = [
+    "CommitConflict",
+    "ConfigError",
+    "LakehouseError",
+    "RaySettings",
+    "RunContext",
+    "RunReport",
+    "SchemaMismatch",
+    "Settings",
+    "SourceFileError",
+    "StageResult",
+    "TableError",
+    "build_gold",
+    "build_silver",
+    "ingest",
+    "pipeline",
+    "record",
+    "run",
+    "settings_from_env",
+]

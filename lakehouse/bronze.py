@@ -1,0 +1,256 @@
+"""Bronze: land raw files as they are, plus lineage, incrementally and exactly once per file.
+
+Plan (driver): the landed files of a source, minus those the bronze table already holds (read from the log: every
+bronze data file comes from one landed file and carries its path in exact ``_source_file`` stats). Execute (Ray
+workers): one task per landed file reads it with every value as a string, keeps malformed lines apart with their
+line number, and writes Parquet into the bronze table (and the quarantine table). Commit (driver): one version.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import posixpath
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from lakehouse import engine, quarantine, table
+from lakehouse.context import RunContext, StageResult
+from lakehouse.errors import SchemaMismatch, SourceFileError
+from lakehouse.files import DataFile, write_data_file
+from lakehouse.storage import Storage
+from lakehouse.table import TableRef
+
+LINEAGE = pa.schema(
+    [
+        ("_source_file", pa.string()),
+        ("_source_line", pa.int64()),
+        ("_ingested_at", pa.timestamp("us", tz="UTC")),
+        ("_run_id", pa.string()),
+    ]
+)
+FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json", ".parquet": "parquet"}
+META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("raw_rows", pa.int64()), ("columns", pa.string())])
+
+
+def ref(source: str) -> TableRef:
+    return TableRef("bronze", source)
+
+
+def file_format(path: str) -> str | None:
+    return FORMATS.get(posixpath.splitext(path)[1].lower())
+
+
+def pending_files(storage: Storage, source: str) -> list[dict[str, Any]]:
+    """Landed files of ``source`` not yet in bronze, oldest path first (the order they are read and ranked in)."""
+    snap = table.snapshot(storage, ref(source))
+    done = {f.mins.get("_source_file") for f in snap.files}
+    landed = storage.list_files(f"raw/{source}")
+    return [
+        {"path": f.path, "size": f.size, "format": file_format(f.path)}
+        for f in sorted(landed, key=lambda f: f.path)
+        if f.path not in done and file_format(f.path) is not None
+    ]
+
+
+def ingest(ctx: RunContext, source: str) -> StageResult:
+    """Ingest every pending landed file of ``source`` into ``bronze.<source>`` in one commit."""
+    result = StageResult(table=str(ref(source)))
+    storage = ctx.storage
+    base = table.snapshot(storage, ref(source))
+    pending = pending_files(storage, source)
+    if not pending:
+        return result.finish("skipped", "no new files")
+    expected = _data_columns(base.schema) if base.exists else None
+    kwargs = {"storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat()}
+    kwargs["expected"] = expected
+    meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
+    data = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "bronze"]
+    rejected = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "quarantine"]
+    columns = _agree_on_columns(source, meta, expected)
+    result.files_in = len(pending)
+    result.rows_in = sum(m["raw_rows"] for m in meta if m["kind"] == "bronze")
+    result.rows_written = sum(f.rows for f in data)
+    result.rows_quarantined = sum(f.rows for f in rejected)
+    info = {"run_id": ctx.run_id, "stage": "bronze", "files": len(pending)}
+    if rejected:
+        qsnap = table.snapshot(storage, quarantine.ref(source))
+        table.commit(storage, qsnap, schema=quarantine.SCHEMA, adds=rejected, metadata=info)
+    result.version = table.commit(storage, base, schema=bronze_schema(columns), adds=data, metadata=info)
+    return result.finish("committed")
+
+
+def bronze_schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([(c, pa.string()) for c in columns] + list(LINEAGE))
+
+
+def _data_columns(schema: pa.Schema | None) -> list[str]:
+    return [n for n in (schema.names if schema else []) if n not in LINEAGE.names]
+
+
+def _agree_on_columns(source: str, meta: list[dict[str, Any]], expected: list[str] | None) -> list[str]:
+    columns = expected
+    for m in meta:
+        if m["kind"] != "bronze":
+            continue
+        cols = json.loads(m["columns"])
+        if columns is None:
+            columns = cols
+        elif cols != columns:
+            path = DataFile.from_json(m["file"]).path
+            raise SchemaMismatch(_describe_difference(columns, cols), table=f"bronze.{source}", path=path)
+    return columns or []
+
+
+def _describe_difference(expected: list[str], got: list[str]) -> str:
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    parts = [f"missing column {c!r}" for c in missing] + [f"unexpected column {c!r}" for c in extra]
+    return "; ".join(parts) or f"columns in a different order: {got}"
+
+
+# --- worker side -------------------------------------------------------------------------------------------------
+
+
+def _ingest_file(
+    item: dict[str, Any],
+    *,
+    storage: Storage,
+    source: str,
+    run_id: str,
+    ingested_at: str,
+    expected: list[str] | None,
+) -> pa.Table:
+    path, fmt = item["path"], item["format"]
+    try:
+        with storage.open_input(path) as f:
+            raw = f.read()
+    except OSError as e:
+        raise SourceFileError(f"cannot read: {e}", path=path, source=source) from e
+    reader = {"csv": _read_csv, "json": _read_json, "parquet": _read_parquet}[fmt]
+    rows, lines, bad = reader(raw, path)
+    if expected is not None and rows.column_names != expected:
+        if sorted(rows.column_names) == sorted(expected):
+            rows = rows.select(expected)
+        else:
+            raise SchemaMismatch(
+                _describe_difference(expected, rows.column_names), table=f"bronze.{source}", path=path
+            )
+    n = rows.num_rows
+    when = dt.datetime.fromisoformat(ingested_at)
+    lineage = {
+        "_source_file": pa.array([path] * n, pa.string()),
+        "_source_line": pa.array(lines, pa.int64()),
+        "_ingested_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        "_run_id": pa.array([run_id] * n, pa.string()),
+    }
+    for name, column in lineage.items():
+        rows = rows.append_column(name, column)
+    written = write_data_file(
+        storage, ref(source).rel, rows, prefix=f"part-{run_id}", constant={"_source_file": path}
+    )
+    out = [
+        {
+            "kind": "bronze",
+            "file": written.to_json(),
+            "raw_rows": n + len(bad),
+            "columns": json.dumps(rows.column_names[: -len(LINEAGE)]),
+        }
+    ]
+    if bad:
+        q = quarantine.records(
+            stage="bronze",
+            checks=["malformed_record"] * len(bad),
+            columns=[None] * len(bad),
+            values=[None] * len(bad),
+            failures=[json.dumps([{"check": "malformed_record", "reason": b[2]}]) for b in bad],
+            rows=[b[1] for b in bad],
+            source_files=[path] * len(bad),
+            source_lines=[b[0] for b in bad],
+            run_id=run_id,
+        )
+        qfile = write_data_file(storage, quarantine.ref(source).rel, q, prefix=f"part-{run_id}")
+        out.append({"kind": "quarantine", "file": qfile.to_json(), "raw_rows": 0, "columns": "[]"})
+    return pa.Table.from_pylist(out, schema=META)
+
+
+Bad = tuple[int, str, str]  # line number, raw text, reason
+
+
+def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
+    """All values as strings; lines with the wrong number of fields are set aside with their record number."""
+    header_line = raw.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    if not header_line.strip():
+        raise SourceFileError("empty file or empty header line", path=path)
+    names = next(csv.reader([header_line]))
+    bad: list[Bad] = []
+
+    def on_invalid(row: Any) -> str:
+        reason = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        bad.append((int(row.number), row.text, reason))
+        return "skip"
+
+    try:
+        rows = pacsv.read_csv(
+            io.BytesIO(raw),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=16 << 20),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=False
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raise SourceFileError(f"not a readable CSV file: {e}", path=path) from e
+    # Record numbers count the header as 1; the valid rows are the numbers not taken by a bad row.
+    taken = {b[0] for b in bad}
+    lines, number = [], 2
+    for _ in range(rows.num_rows):
+        while number in taken:
+            number += 1
+        lines.append(number)
+        number += 1
+    return rows, lines, bad
+
+
+def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
+    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text."""
+    records: list[dict[str, str | None]] = []
+    lines: list[int] = []
+    bad: list[Bad] = []
+    columns: dict[str, None] = {}
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append((number, line, f"invalid JSON: {e.msg} at column {e.colno}"))
+            continue
+        if not isinstance(obj, dict):
+            bad.append((number, line, f"expected a JSON object, found {type(obj).__name__}"))
+            continue
+        records.append({k: _json_string(v) for k, v in obj.items()})
+        columns.update(dict.fromkeys(obj))
+        lines.append(number)
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    return pa.Table.from_pylist(records, schema=schema), lines, bad
+
+
+def _json_string(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _read_parquet(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
+    try:
+        data = pq.read_table(io.BytesIO(raw))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceFileError(f"not a readable Parquet file: {e}", path=path) from e
+    strings = pa.table({n: data.column(n).cast(pa.string()) for n in data.column_names})
+    return strings, list(range(1, data.num_rows + 1)), []

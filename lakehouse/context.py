@@ -1,0 +1,66 @@
+"""The context of one pipeline run, and what each stage reports back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lakehouse.settings import Settings
+from lakehouse.storage import Storage
+
+Status = Literal["committed", "skipped", "failed"]
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who is running, where, and since when; passed to every stage of one run."""
+
+    settings: Settings
+    run_id: str
+    started_at: dt.datetime
+    full_refresh: bool = False
+
+    @classmethod
+    def start(cls, settings: Settings, *, full_refresh: bool = False, run_id: str | None = None) -> RunContext:
+        now = dt.datetime.now(dt.UTC)
+        return cls(settings=settings, run_id=run_id or new_run_id(now), started_at=now, full_refresh=full_refresh)
+
+    @property
+    def storage(self) -> Storage:
+        return Storage.from_settings(self.settings)
+
+
+@dataclass
+class StageResult:
+    """One table's outcome in a run; the counts add up (see the README's "Counts" section)."""
+
+    table: str
+    status: Status = "skipped"
+    rows_in: int = 0
+    rows_written: int = 0
+    rows_quarantined: int = 0
+    rows_duplicate: int = 0
+    version: int | None = None
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    ended_at: dt.datetime | None = None
+    message: str = ""
+    files_in: int = 0
+    partitions: int = 0
+
+    def finish(self, status: Status, message: str = "") -> StageResult:
+        self.status = status
+        self.message = message
+        self.ended_at = dt.datetime.now(dt.UTC)
+        return self
+
+    @property
+    def seconds(self) -> float:
+        end = self.ended_at or dt.datetime.now(dt.UTC)
+        return (end - self.started_at).total_seconds()

@@ -1,0 +1,154 @@
+"""Ray: the one home of ``ray``. Starting and stopping it, and the few ways the engine puts work on workers.
+
+* :func:`run_tasks`: one Ray Data task per item (a file, a partition), each returning an Arrow table; used for reads
+  and for partition-aligned work. Only small metadata tables come back to the driver (:func:`collect`).
+* :func:`combine`: the final step of a combiner-style aggregation: the partial aggregates are coalesced into one
+  block on a worker (no hash shuffle) and finished there.
+* :func:`broadcast` / :func:`fetch`: a small lookup table computed on a worker, kept in the object store and read
+  once per worker process, for joins inside ``map_batches``.
+
+Ray is never started at import time; :func:`ray_session` starts it (or joins ``address``) for one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from lakehouse.errors import LakehouseError
+from lakehouse.settings import RaySettings
+
+_fetched: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def ray_session(settings: RaySettings) -> Iterator[None]:
+    """Start a bounded local Ray (or connect to ``settings.address``) unless one is already up; stop what we start."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=False)
+    else:
+        temp_dir = settings.temp_dir or os.path.join(tempfile.gettempdir(), f"lakehouse-ray-{os.getpid()}")
+        ray.init(
+            address="local",
+            num_cpus=settings.num_cpus,
+            object_store_memory=settings.object_store_bytes,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+        )
+    _quiet_data_context()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _quiet_data_context() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def run_tasks(
+    items: list[dict[str, Any]],
+    fn: Callable[..., pa.Table],
+    *,
+    fn_kwargs: dict[str, Any] | None = None,
+    num_cpus: float = 1,
+) -> Any:
+    """A lazy Ray Dataset with one task per item; ``fn(item, **fn_kwargs)`` runs on a worker and returns a table."""
+    import ray.data
+
+    rows = [{"item": json.dumps(item, default=str)} for item in items]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    return ds.map_batches(
+        _apply_each,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
+        num_cpus=num_cpus,
+    )
+
+
+def _apply_each(batch: pa.Table, fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any]) -> pa.Table:
+    tables = [fn(json.loads(item), **fn_kwargs) for item in batch.column("item").to_pylist()]
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+def combine(ds: Any, fn: Callable[..., pa.Table], *, fn_kwargs: dict[str, Any] | None = None) -> Any:
+    """Coalesce all blocks of ``ds`` into one (no shuffle) and apply ``fn(table, **fn_kwargs)`` to it on a worker."""
+    return ds.repartition(1).map_batches(
+        fn, batch_size=None, batch_format="pyarrow", fn_kwargs=fn_kwargs or {}, zero_copy_batch=True
+    )
+
+
+def collect(ds: Any) -> list[dict[str, Any]]:
+    """Run ``ds`` and return its rows; only for small metadata results. Errors of ours are re-raised as such."""
+    try:
+        return list(ds.take_all())
+    except Exception as e:  # Ray wraps worker errors; surface ours with their context
+        ours = _find_ours(e)
+        if ours is not None:
+            raise ours from e
+        raise
+
+
+def _find_ours(e: BaseException | None) -> LakehouseError | None:
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, LakehouseError):
+            return e
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, LakehouseError):
+            return cause
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def broadcast(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Compute ``fn(*args, **kwargs)`` on a worker and keep the result in the object store; returns its ref."""
+    import ray
+
+    return ray.remote(num_cpus=1)(fn).remote(*args, **kwargs)
+
+
+def fetch(ref: Any) -> Any:
+    """The value of a broadcast ref, read once per worker process."""
+    import ray
+
+    key = ref.hex()
+    if key not in _fetched:
+        if len(_fetched) > 16:
+            _fetched.clear()
+        _fetched[key] = ray.get(ref)
+    return _fetched[key]
+
+
+def run_remote(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` as one Ray task and wait for its (small) result."""
+    import ray
+
+    try:
+        return ray.get(ray.remote(num_cpus=1)(fn).remote(*args, **kwargs))
+    except Exception as e:
+        ours = _find_ours(e)
+        if ours is not None:
+            raise ours from e
+        raise

@@ -1,0 +1,130 @@
+"""Parquet data files written by workers straight into a table's location, with the Delta statistics of each file.
+
+Workers call :func:`write_data_file` and return the :class:`DataFile` it gives back; the driver turns those into
+Delta add actions (in :mod:`lakehouse.table`). Partition columns are not stored in the files (Delta convention):
+their values live in the path and in the log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import posixpath
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakehouse.storage import Storage
+
+# Longer strings are left out of min/max stats: a truncated max would be wrong, and long text is never a key.
+_MAX_STAT_STRING = 64
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet file written under a table, as the driver needs it to commit (path relative to the table)."""
+
+    path: str
+    size: int
+    rows: int
+    partition_values: dict[str, str | None] = field(default_factory=dict)
+    stats: str = "{}"
+    modification_time: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> DataFile:
+        return cls(**json.loads(text))
+
+
+def partition_dir(partition_values: dict[str, str | None]) -> str:
+    return "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in partition_values.items())
+
+
+def partition_value(value: Any) -> str | None:
+    """The Delta string form of a partition value."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
+def write_data_file(
+    storage: Storage,
+    table_rel: str,
+    data: pa.Table,
+    *,
+    partition_values: dict[str, str | None] | None = None,
+    prefix: str = "part",
+    constant: dict[str, str] | None = None,
+) -> DataFile:
+    """Write ``data`` (without partition columns) as one Parquet file under the table and describe it.
+
+    ``constant`` names columns that hold one value in this file (a bronze file's ``_source_file``): their stats are
+    exact whatever their length, and set even when the file has no rows, so the log alone tells what was ingested.
+    """
+    partition_values = partition_values or {}
+    sub = partition_dir(partition_values)
+    name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+    rel = posixpath.join(sub, name) if sub else name
+    buf = io.BytesIO()
+    pq.write_table(data, buf, compression="snappy", row_group_size=256 * 1024)
+    payload = buf.getvalue()
+    storage.write_bytes_atomic(posixpath.join(table_rel, rel), payload)
+    return DataFile(
+        path=rel,
+        size=len(payload),
+        rows=data.num_rows,
+        partition_values=partition_values,
+        stats=delta_stats(data, constant=constant),
+        modification_time=int(time.time() * 1000),
+    )
+
+
+def read_data_file(storage: Storage, table_rel: str, file: str, columns: list[str] | None = None) -> pa.Table:
+    with storage.open_input(posixpath.join(table_rel, file)) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def delta_stats(data: pa.Table, *, constant: dict[str, str] | None = None) -> str:
+    """Delta JSON statistics (numRecords, minValues, maxValues, nullCount) so readers can skip files."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name, column in zip(data.column_names, data.columns, strict=True):
+        nulls[name] = column.null_count
+        if data.num_rows == column.null_count or not _has_stats(column.type):
+            continue
+        mm = pc.min_max(column)
+        lo, hi = mm["min"].as_py(), mm["max"].as_py()
+        if isinstance(lo, str) and (len(lo) > _MAX_STAT_STRING or len(hi) > _MAX_STAT_STRING):
+            continue
+        mins[name], maxs[name] = _stat_value(lo), _stat_value(hi)
+    for name, value in (constant or {}).items():
+        mins[name] = maxs[name] = value
+    return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+
+
+def _has_stats(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_date(t)
+    )  # timestamps are left out: Delta stats keep milliseconds, and a truncated max would skip wrongly
+
+
+def _stat_value(value: Any) -> Any:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value

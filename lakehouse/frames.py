@@ -1,0 +1,80 @@
+"""Small helpers shared by workers: reading a table's files into Polars and writing Polars frames as data files."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from lakehouse.files import DataFile, read_data_file, write_data_file
+from lakehouse.storage import Storage
+
+POLARS_TO_ARROW: dict[Any, pa.DataType] = {
+    pl.Int64: pa.int64(),
+    pl.Int32: pa.int32(),
+    pl.Float64: pa.float64(),
+    pl.Date: pa.date32(),
+    pl.String: pa.string(),
+    pl.Boolean: pa.bool_(),
+}
+
+
+def read_files(
+    storage: Storage,
+    table_rel: str,
+    files: list[dict[str, Any]],
+    *,
+    columns: list[str] | None = None,
+    partition_types: dict[str, pl.DataType] | None = None,
+) -> pl.DataFrame:
+    """Read data files (``{"path", "partition_values"}``) of a table, adding the partition columns back, typed."""
+    partition_types = partition_types or {}
+    wanted = None if columns is None else [c for c in columns if c not in partition_types]
+    frames = []
+    for f in files:
+        df = pl.from_arrow(read_data_file(storage, table_rel, f["path"], columns=wanted))
+        assert isinstance(df, pl.DataFrame)
+        for name, dtype in partition_types.items():
+            if columns is None or name in columns:
+                df = df.with_columns(_partition_literal(f["partition_values"].get(name), dtype).alias(name))
+        frames.append(df)
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def _partition_literal(value: str | None, dtype: pl.DataType) -> pl.Expr:
+    if value is None:
+        return pl.lit(None, dtype=dtype)
+    if dtype == pl.Date:
+        return pl.lit(dt.date.fromisoformat(value), dtype=pl.Date)
+    return pl.lit(value).cast(dtype)
+
+
+def to_arrow(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """The frame as Arrow with exactly ``schema`` (column order and types)."""
+    return df.select(schema.names).to_arrow().cast(schema)
+
+
+def write_frame(
+    storage: Storage,
+    table_rel: str,
+    df: pl.DataFrame,
+    schema: pa.Schema,
+    *,
+    partition_values: dict[str, str | None] | None = None,
+    prefix: str,
+    max_rows: int,
+) -> list[DataFile]:
+    """Write ``df`` as files of at most ``max_rows`` rows (nothing for an empty frame)."""
+    return [
+        write_data_file(storage, table_rel, to_arrow(chunk, schema), partition_values=partition_values, prefix=prefix)
+        for chunk in df.iter_slices(max_rows)
+        if chunk.height
+    ]
+
+
+def without(schema: pa.Schema, names: list[str] | tuple[str, ...]) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in names])

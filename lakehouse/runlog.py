@@ -1,0 +1,59 @@
+"""The run record: one row per table per run in ``_meta.runs``, so "what did run X do?" is a query."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from lakehouse import table
+from lakehouse.context import RunContext, StageResult
+from lakehouse.table import TableRef
+
+REF = TableRef("_meta", "runs")
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("table", pa.string()),
+        ("status", pa.string()),
+        ("rows_in", pa.int64()),
+        ("rows_written", pa.int64()),
+        ("rows_quarantined", pa.int64()),
+        ("rows_duplicate", pa.int64()),
+        ("files_in", pa.int64()),
+        ("partitions", pa.int64()),
+        ("version", pa.int64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("ended_at", pa.timestamp("us", tz="UTC")),
+        ("seconds", pa.float64()),
+        ("message", pa.string()),
+        ("full_refresh", pa.bool_()),
+    ]
+)
+
+
+def record(ctx: RunContext, results: list[StageResult]) -> None:
+    """Append the run's stage results to ``_meta.runs`` (one commit)."""
+    if not results:
+        return
+    rows = [
+        {
+            "run_id": ctx.run_id,
+            "pipeline": ctx.settings.pipeline,
+            "table": r.table,
+            "status": r.status,
+            "rows_in": r.rows_in,
+            "rows_written": r.rows_written,
+            "rows_quarantined": r.rows_quarantined,
+            "rows_duplicate": r.rows_duplicate,
+            "files_in": r.files_in,
+            "partitions": r.partitions,
+            "version": r.version,
+            "started_at": r.started_at,
+            "ended_at": r.ended_at,
+            "seconds": round(r.seconds, 3),
+            "message": r.message,
+            "full_refresh": ctx.full_refresh,
+        }
+        for r in results
+    ]
+    table.append_rows(ctx.storage, REF, pa.Table.from_pylist(rows, schema=SCHEMA))

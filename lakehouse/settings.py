@@ -1,0 +1,65 @@
+"""Settings: one frozen object, built at the edge (CLI, flow entry, test fixture) and passed down.
+
+Library code never reads the environment; :func:`settings_from_env` is the one place that does, and only the edges
+call it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How to reach Ray: a local instance we start, or ``address`` of a running cluster."""
+
+    address: str | None = None
+    num_cpus: int = 2
+    object_store_bytes: int = 1 << 30
+    temp_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know about where data lives and how to process it.
+
+    ``root`` is a local path or ``s3://bucket/prefix``; ``storage_options`` are the deltalake-style options
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...) used for every table and file on that root.
+    """
+
+    root: str
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+    ray: RaySettings = field(default_factory=RaySettings)
+    pipeline: str = "tpch"
+    # Rows per Parquet file written by workers: ~1M rows keeps files in the 32-128 MB range for TPC-H.
+    target_file_rows: int = 1_000_000
+    # A dimension at or below this many rows is broadcast to workers instead of being joined by a shuffle.
+    broadcast_max_rows: int = 2_000_000
+
+    def with_root(self, root: str) -> Settings:
+        return replace(self, root=root)
+
+    def __hash__(self) -> int:
+        return hash((self.root, tuple(sorted(self.storage_options.items())), self.ray, self.pipeline))
+
+
+_S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
+
+
+def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``LAKEHOUSE_*``, ``RAY_ADDRESS`` and ``AWS_*`` variables; edges only."""
+    env = os.environ if env is None else env
+    root = root or env.get("LAKEHOUSE_ROOT") or "lakehouse-data"
+    if "://" not in root:
+        root = os.path.abspath(root)
+    storage = {k: env[k] for k in _S3_KEYS if k in env} if root.startswith("s3://") else {}
+    ray = RaySettings(
+        address=env.get("RAY_ADDRESS") or None,
+        num_cpus=int(env.get("LAKEHOUSE_RAY_CPUS", "2")),
+        object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES", str(1 << 30))),
+        temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or None,
+    )
+    return Settings(root=root, storage_options=storage, ray=ray, **overrides)

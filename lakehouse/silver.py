@@ -1,0 +1,222 @@
+"""Silver: typed, validated, deduplicated tables, written by partition overwrite of exactly the touched partitions.
+
+Plan (driver): the bronze files added since the watermark (``lakehouse/silver.<table>`` app transaction = the bronze
+version last processed). Execute (Ray workers), partition-aligned with no hash shuffle:
+
+1. one task per new bronze file casts and validates it with the Pandera model, writes rejected rows to quarantine
+   and stages valid rows by target partition;
+2. one task per touched partition merges the staged rows with the partition's current rows, keeps the most recently
+   landed row of each key (``_ingested_at``, then ``_source_file``, then ``_source_line``) and writes the partition.
+
+Commit (driver): quarantine, then silver in one version that removes the touched partitions' old files and adds the
+new ones, with the new watermark. Staged files are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from lakehouse import bronze, engine, quarantine, table
+from lakehouse.context import RunContext, StageResult
+from lakehouse.files import DataFile, partition_value, write_data_file
+from lakehouse.frames import POLARS_TO_ARROW, read_files, to_arrow, without, write_frame
+from lakehouse.spec import SilverSpec
+from lakehouse.storage import Storage
+from lakehouse.table import TableFile, TableRef
+from lakehouse.validation import ROW_ID, model_dtypes, split_valid
+
+LINEAGE = ("_source_file", "_source_line", "_ingested_at")
+META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64()), ("kept", pa.int64())])
+
+
+def ref(name: str) -> TableRef:
+    return TableRef("silver", name)
+
+
+def app_id(name: str) -> str:
+    return f"lakehouse/silver.{name}"
+
+
+def arrow_schema(spec: SilverSpec) -> pa.Schema:
+    """Model columns with their types, bronze lineage, then the partition column."""
+    fields = [(c, POLARS_TO_ARROW[t]) for c, t in model_dtypes(spec.model).items()]
+    fields += [(n, bronze.LINEAGE.field(n).type) for n in LINEAGE]
+    if spec.partition:
+        fields.append((spec.partition.column, pa.date32()))
+    return pa.schema(fields)
+
+
+def partition_types(spec: SilverSpec) -> dict[str, pl.DataType]:
+    return {spec.partition.column: pl.Date} if spec.partition else {}
+
+
+def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
+    """Bring ``silver.<spec.name>`` up to date with its bronze source in one commit."""
+    result = StageResult(table=str(ref(spec.name)))
+    storage = ctx.storage
+    source = table.snapshot(storage, bronze.ref(spec.source))
+    if not source.exists:
+        return result.finish("skipped", f"no bronze table {bronze.ref(spec.source)}")
+    assert source.version is not None
+    base = table.snapshot(storage, ref(spec.name))
+    mark = None if ctx.full_refresh else table.txn_version(storage, ref(spec.name), app_id(spec.name))
+    if mark is not None and mark >= source.version:
+        return result.finish("skipped", "up to date")
+    new_files = _files_since(storage, source, mark)
+    staging = f"_staging/{ctx.run_id}/silver/{spec.name}"
+    common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
+    try:
+        items = [{"path": f.path} for f in new_files if f.rows]
+        staged = engine.collect(engine.run_tasks(items, _validate_file, fn_kwargs={**common, "staging": staging}))
+        rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
+        by_partition: dict[str, list[str]] = {}
+        for m in staged:
+            if m["kind"] == "staged":
+                f = DataFile.from_json(m["file"])
+                by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
+        replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
+        items = [
+            {
+                "partition_values": json.loads(key),
+                "staged": paths,
+                "existing": [] if ctx.full_refresh else [_file_item(f) for f in _in_partition(base, key, spec)],
+            }
+            for key, paths in by_partition.items()
+        ]
+        merged = engine.collect(engine.run_tasks(items, _merge_partition, fn_kwargs={**common, "staging": staging}))
+        result.files_in = len(new_files)
+        result.partitions = len(items)
+        result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
+        result.rows_quarantined = sum(f.rows for f in rejected)
+        new_in = sum(m["n"] for m in merged)
+        result.rows_written = sum(m["kept"] for m in merged)
+        result.rows_duplicate = new_in - result.rows_written
+        info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
+        if rejected:
+            qsnap = table.snapshot(storage, quarantine.ref(spec.name))
+            table.commit(storage, qsnap, schema=quarantine.SCHEMA, adds=rejected, metadata=info)
+        adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
+        result.version = table.commit(
+            storage,
+            base,
+            schema=arrow_schema(spec),
+            adds=adds,
+            removes=replaced,
+            partition_by=(spec.partition.column,) if spec.partition else (),
+            app_transactions={app_id(spec.name): source.version},
+            metadata=info,
+        )
+    finally:
+        storage.delete_dir(staging)
+    return result.finish("committed")
+
+
+def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
+    """Bronze files added after version ``mark`` (bronze only ever appends)."""
+    if mark is None:
+        return list(source.files)
+    seen = {f.path for f in table.snapshot(storage, source.ref, version=mark).files}
+    return [f for f in source.files if f.path not in seen]
+
+
+def _replaced_files(base: table.Snapshot, spec: SilverSpec, keys: list[str], *, full_refresh: bool) -> list[TableFile]:
+    """The current files a commit replaces: every file on a full refresh, else those of the touched partitions."""
+    if full_refresh:
+        return list(base.files)
+    if not spec.partition:
+        return list(base.files) if keys else []
+    return base.files_in([tuple(json.loads(k).values()) for k in keys])
+
+
+def _in_partition(base: table.Snapshot, key: str, spec: SilverSpec) -> list[TableFile]:
+    if not spec.partition:
+        return list(base.files)
+    return base.files_in([tuple(json.loads(key).values())])
+
+
+def _file_item(f: TableFile) -> dict[str, Any]:
+    return {"path": f.path, "partition_values": f.partition_values}
+
+
+# --- worker side -------------------------------------------------------------------------------------------------
+
+
+def _validate_file(
+    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, run_id: str, staging: str, max_rows: int
+) -> pa.Table:
+    raw = read_files(storage, bronze.ref(spec.source).rel, [{"path": item["path"], "partition_values": {}}])
+    split = split_valid(raw, spec.model)
+    out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
+    if split.rejected.height:
+        qfile = _write_rejected(storage, spec, raw, split.rejected, run_id)
+        out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows, "kept": 0})
+    valid = split.valid
+    schema = arrow_schema(spec)
+    file_schema = schema
+    if spec.partition:
+        p = spec.partition
+        valid = valid.with_columns(pl.col(p.source_column).dt.truncate("1mo").alias(p.column))
+        file_schema = without(schema, [p.column])
+        groups = valid.partition_by(p.column, as_dict=True, include_key=False) if valid.height else {}
+        parts = [({p.column: partition_value(k[0])}, g) for k, g in groups.items()]
+    else:
+        parts = [({}, valid)] if valid.height else []
+    for values, frame in parts:
+        for f in write_frame(
+            storage, staging, frame, file_schema, partition_values=values, prefix="staged", max_rows=max_rows
+        ):
+            out.append({"kind": "staged", "file": f.to_json(), "n": f.rows, "kept": 0})
+    return pa.Table.from_pylist(out, schema=META)
+
+
+def _write_rejected(
+    storage: Storage, spec: SilverSpec, raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str
+) -> DataFile:
+    data_columns = [c for c in raw.columns if not c.startswith("_")]
+    rows = raw.with_row_index(ROW_ID).join(rejected.with_columns(pl.col(ROW_ID).cast(pl.UInt32)), on=ROW_ID)
+    q = quarantine.records(
+        stage="silver",
+        checks=rows.get_column("check").to_list(),
+        columns=rows.get_column("column").to_list(),
+        values=rows.get_column("value").to_list(),
+        failures=rows.get_column("failures").to_list(),
+        rows=[json.dumps(r) for r in rows.select(data_columns).iter_rows(named=True)],
+        source_files=rows.get_column("_source_file").to_list(),
+        source_lines=rows.get_column("_source_line").to_list(),
+        run_id=run_id,
+    )
+    return write_data_file(storage, quarantine.ref(spec.name).rel, q, prefix=f"part-{run_id}")
+
+
+def _merge_partition(
+    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, run_id: str, staging: str, max_rows: int
+) -> pa.Table:
+    values = item["partition_values"]
+    staged = read_files(storage, staging, [{"path": p, "partition_values": values} for p in item["staged"]])
+    existing = read_files(storage, ref(spec.name).rel, item["existing"])
+    frames = [staged.with_columns(pl.lit(True).alias("__new"))]
+    if existing.height:
+        frames.insert(0, existing.with_columns(pl.lit(False).alias("__new")))
+    merged = (
+        pl.concat(frames, how="vertical_relaxed")
+        .sort(list(LINEAGE), maintain_order=True)
+        .unique(subset=list(spec.keys), keep="last", maintain_order=True)
+    )
+    kept = int(merged.get_column("__new").sum())
+    schema = arrow_schema(spec)
+    if spec.partition:
+        schema = without(schema, [spec.partition.column])
+    files = write_frame(
+        storage, ref(spec.name).rel, merged.drop("__new"), schema, partition_values=values,
+        prefix=f"part-{run_id}", max_rows=max_rows,
+    )
+    rows = [{"kind": "merged", "file": f.to_json(), "n": 0, "kept": 0} for f in files]
+    if rows:
+        rows[0]["n"], rows[0]["kept"] = staged.height, kept
+    else:
+        rows = [{"kind": "merged", "file": "", "n": staged.height, "kept": kept}]
+    return pa.Table.from_pylist(rows, schema=META)

@@ -1,0 +1,57 @@
+"""Pipeline declarations: sources, silver tables and gold tables, as plain frozen values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lakehouse.context import RunContext, StageResult
+
+
+@dataclass(frozen=True)
+class MonthPartition:
+    """Partition a table by the first day of the month of ``source_column``, stored as ``column``."""
+
+    column: str
+    source_column: str
+
+
+@dataclass(frozen=True)
+class SilverSpec:
+    """A typed, validated, deduplicated table built from one bronze source.
+
+    ``model`` is the Pandera model (types and row rules); ``keys`` identify a row (the most recently landed row of a
+    key wins); ``partition`` is the month partitioning of fact tables (None: one unpartitioned table).
+    """
+
+    name: str
+    source: str
+    model: Any
+    keys: tuple[str, ...]
+    partition: MonthPartition | None = None
+
+
+@dataclass(frozen=True)
+class GoldSpec:
+    """A curated table built by ``build(ctx, spec)`` from the silver tables named in ``inputs``."""
+
+    name: str
+    inputs: tuple[str, ...]
+    build: Callable[[RunContext, GoldSpec], StageResult]
+    partition_column: str | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    sources: tuple[str, ...]
+    silver: tuple[SilverSpec, ...]
+    gold: tuple[GoldSpec, ...]
+
+    def silver_spec(self, name: str) -> SilverSpec:
+        return next(s for s in self.silver if s.name == name)
+
+    def gold_spec(self, name: str) -> GoldSpec:
+        return next(g for g in self.gold if g.name == name)

@@ -1,0 +1,114 @@
+"""Paths and filesystems: the one place that turns settings into URIs, a pyarrow filesystem and deltalake options.
+
+Everything below the root is addressed by a *relative* path (``raw/orders/1995-03/part-0.csv``); this module joins it
+to the root for whichever backend the root names. Objects here hold only strings, so they pickle cleanly to Ray
+workers; the filesystem is built lazily in each process.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from lakehouse.settings import Settings
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file under the root: relative path, size in bytes, modification time in ms since the epoch."""
+
+    path: str
+    size: int
+    mtime_ms: int
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The root of a lakehouse and how to reach it."""
+
+    root: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        return cls(root=settings.root.rstrip("/"), options=tuple(sorted(settings.storage_options.items())))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+    def uri(self, rel: str) -> str:
+        """Full URI of a relative path (what deltalake and users see)."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def fs_path(self, rel: str) -> str:
+        """Path of a relative path inside :meth:`filesystem` (no scheme)."""
+        base = self.root[len("s3://") :] if self.is_s3 else self.root
+        return posixpath.join(base, rel) if rel else base
+
+    def delta_options(self) -> dict[str, str]:
+        return dict(self.options)
+
+    def filesystem(self) -> pafs.FileSystem:
+        return _filesystem(self.is_s3, self.options)
+
+    def list_files(self, rel_dir: str) -> Iterator[FileEntry]:
+        """Every file under ``rel_dir``, recursively, skipping hidden and in-progress files (``.``/``_`` prefix)."""
+        fs = self.filesystem()
+        base = self.fs_path(rel_dir)
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        prefix_len = len(self.fs_path("")) + 1
+        for info in fs.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            name = posixpath.basename(info.path)
+            if name.startswith((".", "_")):
+                continue
+            mtime = int(info.mtime.timestamp() * 1000) if info.mtime else 0
+            yield FileEntry(path=info.path[prefix_len:], size=int(info.size or 0), mtime_ms=mtime)
+
+    def open_input(self, rel: str) -> pafs.NativeFile:
+        return self.filesystem().open_input_file(self.fs_path(rel))
+
+    def write_bytes_atomic(self, rel: str, data: bytes) -> None:
+        """Write a whole file so readers never see half of it (rename on local disk; S3 PUT is atomic)."""
+        fs = self.filesystem()
+        target = self.fs_path(rel)
+        fs.create_dir(posixpath.dirname(target), recursive=True)
+        if self.is_s3:
+            with fs.open_output_stream(target) as out:
+                out.write(data)
+            return
+        tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.tmp")
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, target)
+
+    def exists(self, rel: str) -> bool:
+        return self.filesystem().get_file_info(self.fs_path(rel)).type != pafs.FileType.NotFound
+
+    def delete_dir(self, rel: str) -> None:
+        fs = self.filesystem()
+        path = self.fs_path(rel)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(is_s3: bool, options: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
+    if not is_s3:
+        return pafs.LocalFileSystem()
+    opts = dict(options)
+    endpoint = opts.get("AWS_ENDPOINT_URL", "")
+    scheme = "http" if endpoint.startswith("http://") or opts.get("AWS_ALLOW_HTTP") == "true" else "https"
+    return pafs.S3FileSystem(
+        access_key=opts.get("AWS_ACCESS_KEY_ID"),
+        secret_key=opts.get("AWS_SECRET_ACCESS_KEY"),
+        region=opts.get("AWS_REGION", "us-east-1"),
+        endpoint_override=endpoint.split("://", 1)[-1] or None,
+        scheme=scheme,
+    )

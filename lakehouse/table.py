@@ -1,0 +1,252 @@
+"""Delta tables: the one home of ``deltalake``.
+
+The driver reads a table's log (:func:`snapshot`: version, files, partition values, stats) to plan, and commits the
+files workers wrote with :func:`commit`: one Delta version per call, carrying the run's app transactions
+(watermarks) and metadata. Nothing here reads data files; that is the workers' job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+from lakehouse.errors import CommitConflict, TableError
+from lakehouse.files import DataFile
+from lakehouse.storage import Storage
+
+META_PREFIX = "lakehouse."
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table addressed as ``layer.name`` and stored at ``<root>/<layer>/<name>``."""
+
+    layer: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableRef:
+        layer, _, name = text.partition(".")
+        return cls(layer, name)
+
+    @property
+    def rel(self) -> str:
+        return f"{self.layer}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A live file of a table as the log describes it (path relative to the table)."""
+
+    path: str
+    size: int
+    rows: int
+    partition_values: dict[str, str | None]
+    mins: dict[str, Any] = field(default_factory=dict)
+    maxs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the log says about a table at one version; ``version`` is None when the table does not exist."""
+
+    ref: TableRef
+    version: int | None
+    files: tuple[TableFile, ...] = ()
+    schema: pa.Schema | None = None
+    partition_by: tuple[str, ...] = ()
+
+    @property
+    def exists(self) -> bool:
+        return self.version is not None
+
+    def partitions(self) -> set[tuple[str | None, ...]]:
+        return {tuple(f.partition_values.get(c) for c in self.partition_by) for f in self.files}
+
+    def files_in(self, partitions: Iterable[tuple[str | None, ...]] | None) -> list[TableFile]:
+        """Files of the given partitions (all files when ``partitions`` is None)."""
+        if partitions is None:
+            return list(self.files)
+        wanted = set(partitions)
+        return [f for f in self.files if tuple(f.partition_values.get(c) for c in self.partition_by) in wanted]
+
+
+def _open(storage: Storage, ref: TableRef, version: int | None = None) -> DeltaTable | None:
+    try:
+        return DeltaTable(storage.uri(ref.rel), version=version, storage_options=storage.delta_options())
+    except TableNotFoundError:
+        return None
+
+
+def snapshot(storage: Storage, ref: TableRef, version: int | None = None) -> Snapshot:
+    """Read the table's log (never its data) at ``version`` or the latest."""
+    dt = _open(storage, ref, version)
+    if dt is None:
+        return Snapshot(ref=ref, version=None)
+    meta = dt.metadata()
+    partition_by = tuple(meta.partition_columns)
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    files = tuple(_table_file(a, partition_by) for a in actions)
+    schema = pa.schema(dt.schema())
+    return Snapshot(ref=ref, version=dt.version(), files=files, schema=schema, partition_by=partition_by)
+
+
+def _table_file(action: dict[str, Any], partition_by: tuple[str, ...]) -> TableFile:
+    mins = {k[4:]: v for k, v in action.items() if k.startswith("min.") and v is not None}
+    maxs = {k[4:]: v for k, v in action.items() if k.startswith("max.") and v is not None}
+    parts = {c: _partition_str(action.get(f"partition.{c}")) for c in partition_by}
+    return TableFile(
+        path=action["path"],
+        size=int(action["size_bytes"]),
+        rows=int(action.get("num_records") or 0),
+        partition_values=parts,
+        mins=mins,
+        maxs=maxs,
+    )
+
+
+def _partition_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def txn_version(storage: Storage, ref: TableRef, app_id: str) -> int | None:
+    """The last version recorded for ``app_id`` in the table (our watermark), or None."""
+    dt = _open(storage, ref)
+    return None if dt is None else dt.transaction_version(app_id)
+
+
+def commit(
+    storage: Storage,
+    base: Snapshot,
+    *,
+    schema: pa.Schema,
+    adds: list[DataFile],
+    removes: list[TableFile] = (),  # type: ignore[assignment]
+    partition_by: tuple[str, ...] = (),
+    app_transactions: Mapping[str, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """Commit ``adds`` and ``removes`` against ``base`` as one new version and return it.
+
+    The commit is made against the version we planned from, with no blind retries: if another writer got there
+    first, :class:`CommitConflict` is raised and the caller re-plans.
+    """
+    ref = base.ref
+    _check_files_exist(storage, ref, adds)
+    now = int(time.time() * 1000)
+    add_actions = [
+        AddAction(a.path, a.size, a.partition_values, a.modification_time or now, True, a.stats) for a in adds
+    ]
+    props = CommitProperties(
+        custom_metadata={f"{META_PREFIX}{k}": _meta_value(v) for k, v in (metadata or {}).items()},
+        max_commit_retries=0,
+        app_transactions=[Transaction(app, int(v)) for app, v in (app_transactions or {}).items()],
+    )
+    try:
+        if not base.exists:
+            create_table_with_add_actions(
+                storage.uri(ref.rel),
+                _delta_schema(schema),
+                add_actions,
+                mode="error",
+                partition_by=list(partition_by) or None,
+                storage_options=storage.delta_options(),
+                commit_properties=props,
+            )
+            return 0
+        dt = _open(storage, ref, base.version)
+        assert dt is not None
+        remove_actions = [RemoveAction(f.path, True, now, f.size, f.partition_values) for f in removes]
+        dt.create_write_transaction(
+            [*add_actions, *remove_actions],
+            mode="append",
+            schema=schema,
+            partition_by=list(base.partition_by) or None,
+            commit_properties=props,
+        )
+    except CommitFailedError as e:
+        raise CommitConflict(f"concurrent commit after version {base.version}: {e}", table=str(ref)) from e
+    except Exception as e:
+        if "already exists" in str(e).lower():
+            raise CommitConflict(f"table was created concurrently: {e}", table=str(ref)) from e
+        raise TableError(f"commit failed: {e}", table=str(ref)) from e
+    latest = _open(storage, ref)
+    assert latest is not None
+    return latest.version()
+
+
+def _delta_schema(schema: pa.Schema) -> Any:
+    from deltalake import Schema
+
+    return Schema.from_arrow(schema)
+
+
+def _meta_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _check_files_exist(storage: Storage, ref: TableRef, adds: list[DataFile]) -> None:
+    # delta-rs accepts a commit naming a missing file, after which every read fails: check first.
+    if not adds:
+        return
+    fs = storage.filesystem()
+    infos = fs.get_file_info([storage.fs_path(f"{ref.rel}/{a.path}") for a in adds])
+    missing = [a.path for a, i in zip(adds, infos, strict=True) if i.type == pafs.FileType.NotFound]
+    if missing:
+        raise TableError(f"{len(missing)} written files are missing, e.g. {missing[0]}", table=str(ref))
+
+
+def last_commit_metadata(storage: Storage, ref: TableRef) -> dict[str, Any]:
+    """Our metadata keys (without prefix) of the latest commit."""
+    dt = _open(storage, ref)
+    if dt is None:
+        return {}
+    info = dt.history(1)[0]
+    return {k[len(META_PREFIX) :]: v for k, v in info.items() if k.startswith(META_PREFIX)}
+
+
+def append_rows(storage: Storage, ref: TableRef, rows: pa.Table) -> None:
+    """Append a small driver-side table (run records, rejected files); data tables never come through here."""
+    write_deltalake(
+        storage.uri(ref.rel),
+        rows,
+        mode="append",
+        schema_mode="merge",
+        storage_options=storage.delta_options(),
+    )
+
+
+def to_arrow_dataset(storage: Storage, ref: TableRef, version: int | None = None) -> Any:
+    """A pyarrow dataset over the table's current files (for DuckDB and tests; readers only)."""
+    dt = _open(storage, ref, version)
+    if dt is None:
+        raise TableError("table does not exist", table=str(ref))
+    return dt.to_pyarrow_dataset()
+
+
+def list_tables(storage: Storage, layers: Iterable[str]) -> list[TableRef]:
+    """Tables found under the given layers (a directory with a ``_delta_log``)."""
+    fs = storage.filesystem()
+    refs = []
+    for layer in layers:
+        base = storage.fs_path(layer)
+        for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if info.type == pafs.FileType.Directory and DeltaTable.is_deltatable(
+                storage.uri(f"{layer}/{info.base_name}"), storage_options=storage.delta_options()
+            ):
+                refs.append(TableRef(layer, info.base_name))
+    return sorted(refs, key=str)

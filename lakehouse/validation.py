@@ -1,0 +1,120 @@
+"""Validation: the one home of ``pandera``. Casts bronze strings to a model's types and splits valid from rejected rows.
+
+A row is rejected when a value does not parse to its column's type (check ``dtype(<type>)``) or when any rule of
+the model fails. Rejected rows keep their original string values, so nothing is lost and they can be replayed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandera.polars as pa
+import polars as pl
+from pandera.errors import SchemaErrors
+
+ROW_ID = "__row"
+
+
+@dataclass(frozen=True)
+class Split:
+    """The outcome of validating a batch: typed valid rows, and one record per rejected row."""
+
+    valid: pl.DataFrame
+    rejected: pl.DataFrame  # ROW_ID, check, column, value, failures (JSON list of every failed check)
+
+
+def model_dtypes(model: type[pa.DataFrameModel]) -> dict[str, pl.DataType]:
+    """Column name -> polars dtype, in model order."""
+    return {name: col.dtype.type for name, col in model.to_schema().columns.items()}
+
+
+def split_valid(strings: pl.DataFrame, model: type[pa.DataFrameModel]) -> Split:
+    """Cast the model's columns of ``strings`` (other columns pass through) and validate them with the model."""
+    dtypes = model_dtypes(model)
+    df = strings.with_row_index(ROW_ID)
+    typed = df.with_columns(_cast(c, t) for c, t in dtypes.items())
+    failures = [_cast_failures(df, typed, dtypes), _rule_failures(typed.select(ROW_ID, *dtypes), model)]
+    found = [f.with_columns(pl.col(ROW_ID).cast(pl.UInt32)) for f in failures if f.height]
+    rejected = _per_row(pl.concat(found) if found else _empty_failures())
+    valid = typed.join(rejected.select(ROW_ID), on=ROW_ID, how="anti").drop(ROW_ID)
+    return Split(valid=valid, rejected=rejected)
+
+
+def _cast(column: str, dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(column).str.strip_chars()
+    col = pl.when(col == "").then(None).otherwise(col)
+    if dtype == pl.Date:
+        return col.str.to_date("%Y-%m-%d", strict=False).alias(column)
+    if dtype == pl.String:
+        return pl.col(column)
+    return col.cast(dtype, strict=False).alias(column)
+
+
+def _cast_failures(raw: pl.DataFrame, typed: pl.DataFrame, dtypes: dict[str, pl.DataType]) -> pl.DataFrame:
+    frames = []
+    for column, dtype in dtypes.items():
+        if dtype == pl.String:
+            continue
+        original = raw.get_column(column).str.strip_chars()
+        bad = original.is_not_null() & (original != "") & typed.get_column(column).is_null()
+        if bad.any():
+            frames.append(
+                pl.DataFrame(
+                    {
+                        ROW_ID: raw.get_column(ROW_ID).filter(bad),
+                        "check": f"dtype('{dtype}')",
+                        "column": column,
+                        "value": original.filter(bad),
+                    }
+                )
+            )
+    return pl.concat(frames) if frames else _empty_failures()
+
+
+def _rule_failures(typed: pl.DataFrame, model: type[pa.DataFrameModel]) -> pl.DataFrame:
+    try:
+        model.validate(typed, lazy=True)
+    except SchemaErrors as e:
+        cases = e.failure_cases
+        if cases.get_column("index").null_count():
+            # A failure without a row index is about the whole batch (a missing column, a wrong dtype).
+            raise
+        ids = typed.get_column(ROW_ID)
+        return pl.DataFrame(
+            {
+                ROW_ID: ids.gather(cases.get_column("index").cast(pl.Int64)),
+                "check": cases.get_column("check").cast(pl.String),
+                "column": cases.get_column("column").cast(pl.String),
+                "value": cases.get_column("failure_case").cast(pl.String),
+            }
+        )
+    return _empty_failures()
+
+
+def _empty_failures() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={ROW_ID: pl.UInt32, "check": pl.String, "column": pl.String, "value": pl.String}
+    )
+
+
+def _per_row(failures: pl.DataFrame) -> pl.DataFrame:
+    """One record per rejected row: its first failure, plus every failure as JSON."""
+    return (
+        failures.with_columns(pl.col(ROW_ID).cast(pl.UInt32))
+        .group_by(ROW_ID, maintain_order=True)
+        .agg(
+            pl.col("check").first(),
+            pl.col("column").first(),
+            pl.col("value").first(),
+            pl.struct("check", "column", "value").alias("all"),
+        )
+        .with_columns(pl.col("all").map_elements(_failures_json, return_dtype=pl.String).alias("failures"))
+        .drop("all")
+        .sort(ROW_ID)
+    )
+
+
+def _failures_json(items: Any) -> str:
+    return json.dumps(list(items))

@@ -1,0 +1,71 @@
+"""TPC-H silver models (Pandera, polars backend).
+
+Types: keys and counts are ``Int64``; money, quantities, discounts and taxes are ``Float64`` (TPC-H values have two
+decimals; every consumer of ours reads float64 without a cast, and sums stay exact to well under a cent at SF 100);
+dates are ``Date``; text is ``String``. Columns are required (not null) unless marked ``nullable``. A value that does
+not parse to its column's type fails the row, like any other rule here.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pandera.polars as pa
+
+ORDER_STATUS = ["F", "O", "P"]
+RETURN_FLAGS = ["A", "N", "R"]
+LINE_STATUS = ["F", "O"]
+
+
+class Region(pa.DataFrameModel):
+    r_regionkey: pl.Int64 = pa.Field(ge=0)
+    r_name: pl.String
+    r_comment: pl.String = pa.Field(nullable=True)
+
+
+class Nation(pa.DataFrameModel):
+    n_nationkey: pl.Int64 = pa.Field(ge=0)
+    n_name: pl.String
+    n_regionkey: pl.Int64 = pa.Field(ge=0)
+    n_comment: pl.String = pa.Field(nullable=True)
+
+
+class Customer(pa.DataFrameModel):
+    c_custkey: pl.Int64 = pa.Field(ge=0)
+    c_name: pl.String
+    c_address: pl.String = pa.Field(nullable=True)
+    c_nationkey: pl.Int64 = pa.Field(ge=0)
+    c_phone: pl.String = pa.Field(nullable=True)
+    c_acctbal: pl.Float64
+    c_mktsegment: pl.String = pa.Field(nullable=True)
+    c_comment: pl.String = pa.Field(nullable=True)
+
+
+class Orders(pa.DataFrameModel):
+    o_orderkey: pl.Int64 = pa.Field(ge=0)
+    o_custkey: pl.Int64 = pa.Field(ge=0)
+    o_orderstatus: pl.String = pa.Field(isin=ORDER_STATUS)
+    o_totalprice: pl.Float64 = pa.Field(ge=0)
+    o_orderdate: pl.Date
+    o_orderpriority: pl.String = pa.Field(nullable=True)
+    o_clerk: pl.String = pa.Field(nullable=True)
+    o_shippriority: pl.Int64 = pa.Field(nullable=True)
+    o_comment: pl.String = pa.Field(nullable=True)
+
+
+class Lineitem(pa.DataFrameModel):
+    l_orderkey: pl.Int64 = pa.Field(ge=0)
+    l_partkey: pl.Int64 = pa.Field(ge=0)
+    l_suppkey: pl.Int64 = pa.Field(ge=0)
+    l_linenumber: pl.Int64 = pa.Field(ge=1)
+    l_quantity: pl.Float64 = pa.Field(ge=0)
+    l_extendedprice: pl.Float64 = pa.Field(ge=0)
+    l_discount: pl.Float64 = pa.Field(ge=0, le=1)
+    l_tax: pl.Float64 = pa.Field(ge=0, le=1)
+    l_returnflag: pl.String = pa.Field(isin=RETURN_FLAGS)
+    l_linestatus: pl.String = pa.Field(isin=LINE_STATUS)
+    l_shipdate: pl.Date
+    l_commitdate: pl.Date
+    l_receiptdate: pl.Date
+    l_shipinstruct: pl.String = pa.Field(nullable=True)
+    l_shipmode: pl.String = pa.Field(nullable=True)
+    l_comment: pl.String = pa.Field(nullable=True)
