@@ -70,3 +70,7 @@ class TransientStorageError(LakehouseError):
     """The storage backend failed in a way a retry may cure (context: path)."""
 
     retryable = True
+
+
+class QueryError(LakehouseError):
+    """A query over the tables failed (bad SQL or an unknown table)."""

@@ -13,7 +13,7 @@ SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("pipeline", pa.string()),
-        ("table", pa.string()),
+        ("table_name", pa.string()),
         ("status", pa.string()),
         ("rows_in", pa.int64()),
         ("rows_written", pa.int64()),
@@ -39,7 +39,7 @@ def record(ctx: RunContext, results: list[StageResult]) -> None:
         {
             "run_id": ctx.run_id,
             "pipeline": ctx.settings.pipeline,
-            "table": r.table,
+            "table_name": r.table,
             "status": r.status,
             "rows_in": r.rows_in,
             "rows_written": r.rows_written,

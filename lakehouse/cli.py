@@ -1,0 +1,93 @@
+"""The ``lakehouse`` command: run the pipeline, generate demo data, query tables.
+
+The CLI is an edge: it builds the settings once from its arguments and the environment, then calls the same library
+functions the Prefect flow calls. It needs no Prefect server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from lakehouse import demo, query, runner
+from lakehouse.errors import LakehouseError
+from lakehouse.settings import settings_from_env
+from lakehouse.storage import Storage
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args))
+    except LakehouseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lakehouse", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log each stage")
+    sub = p.add_subparsers(required=True, dest="command")
+
+    run = sub.add_parser("run", help="process everything landed and not yet processed: bronze → silver → gold")
+    run.add_argument("--root", help="local path or s3://bucket/prefix (default: $LAKEHOUSE_ROOT or lakehouse-data)")
+    run.add_argument("--pipeline", default="tpch")
+    run.add_argument("--full-refresh", action="store_true", help="rebuild silver and gold from bronze")
+    run.set_defaults(func=_run)
+
+    data = sub.add_parser("demo-data", help="generate TPC-H with tpchgen-cli and land it under ROOT/raw")
+    data.add_argument("--root")
+    data.add_argument("--scale-factor", type=float, default=0.1)
+    data.add_argument("--seed", type=int, default=0, help="shuffles row order inside landed files")
+    data.add_argument("--parts-per-month", type=int, default=1)
+    data.add_argument("--months", type=int, default=None, help="land only the first N order months")
+    data.set_defaults(func=_demo_data)
+
+    q = sub.add_parser("query", help="SQL (DuckDB) over the tables, addressed as layer.table")
+    q.add_argument("sql")
+    q.add_argument("--root")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=_query)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_from_env(args.root, pipeline=args.pipeline)
+    start = time.monotonic()
+    report = runner.run(settings, full_refresh=args.full_refresh)
+    for r in report.results:
+        line = (f"{r.table:<34} {r.status:<9} in={r.rows_in:<9} written={r.rows_written:<9} "
+                f"quarantined={r.rows_quarantined:<6} duplicate={r.rows_duplicate:<6} "
+                f"version={'' if r.version is None else r.version:<4} {r.seconds:6.1f}s")
+        print(line)
+    if report.error is not None:
+        print(f"error: {report.error}", file=sys.stderr)
+        return 1
+    print(f"run {report.run_id} done in {time.monotonic() - start:.1f}s")
+    return 0
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    settings = settings_from_env(args.root)
+    landed = demo.generate(
+        Storage.from_settings(settings),
+        scale_factor=args.scale_factor,
+        seed=args.seed,
+        parts_per_month=args.parts_per_month,
+        months=args.months,
+    )
+    print(f"landed {landed.written} new files under {settings.root}/raw ({landed.skipped} already there)")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    storage = Storage.from_settings(settings_from_env(args.root))
+    print(query.render(query.query(storage, args.sql), args.format))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
