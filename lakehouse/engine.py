@@ -7,21 +7,23 @@
 * :func:`broadcast` / :func:`fetch`: a small lookup table computed on a worker, kept in the object store and read
   once per worker process, for joins inside ``map_batches``.
 
-Ray is never started at import time; :func:`ray_session` starts it (or joins ``address``) for one run.
+Ray is never started at import time; inside :func:`ray_session` it starts on first use (or joins ``address``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from lakehouse.errors import LakehouseError
+from lakehouse.errors import ConfigError, LakehouseError
 from lakehouse.settings import RaySettings
 
 _fetched: dict[str, Any] = {}
@@ -29,16 +31,46 @@ _fetched: dict[str, Any] = {}
 
 @contextlib.contextmanager
 def ray_session(settings: RaySettings) -> Iterator[None]:
-    """Start a bounded local Ray (or connect to ``settings.address``) unless one is already up; stop what we start."""
-    import ray
+    """Make Ray available for the duration of the block, started on first use and stopped at the end.
 
-    if ray.is_initialized():
+    Ray starts lazily (a local instance bounded by ``settings``, or joins ``settings.address``), so a run with nothing
+    to do never pays for it. Nested sessions, or a Ray someone else started, are reused and left running.
+    """
+    if _session["active"] or _ray_running():
         yield
         return
+    _session.update(active=True, settings=settings, started=False)
+    try:
+        yield
+    finally:
+        started = _session["started"]
+        _session.update(active=False, settings=None, started=False)
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+_session: dict[str, Any] = {"active": False, "settings": None, "started": False}
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _ensure_ray() -> None:
+    if _ray_running():
+        return
+    settings: RaySettings | None = _session["settings"]
+    if settings is None:
+        raise ConfigError("Ray is not available here: run engine work inside engine.ray_session(...)")
+    import ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=False)
+        ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         temp_dir = settings.temp_dir or os.path.join(tempfile.gettempdir(), f"lakehouse-ray-{os.getpid()}")
         ray.init(
@@ -49,16 +81,18 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
             _temp_dir=temp_dir,
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
+            logging_level=logging.WARNING,
         )
+    _session["started"] = True
     _quiet_data_context()
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _quiet_data_context() -> None:
     import ray.data
+
+    # Our stages log their own one-line summaries; Ray Data's per-dataset INFO lines would drown them. Ray Data
+    # configures its loggers when imported, so this comes after the import.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -73,6 +107,7 @@ def run_tasks(
     num_cpus: float = 1,
 ) -> Any:
     """A lazy Ray Dataset with one task per item; ``fn(item, **fn_kwargs)`` runs on a worker and returns a table."""
+    _ensure_ray()
     import ray.data
 
     rows = [{"item": json.dumps(item, default=str)} for item in items]
@@ -124,6 +159,7 @@ def _find_ours(e: BaseException | None) -> LakehouseError | None:
 
 def broadcast(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Compute ``fn(*args, **kwargs)`` on a worker and keep the result in the object store; returns its ref."""
+    _ensure_ray()
     import ray
 
     return ray.remote(num_cpus=1)(fn).remote(*args, **kwargs)
@@ -143,6 +179,7 @@ def fetch(ref: Any) -> Any:
 
 def run_remote(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn`` as one Ray task and wait for its (small) result."""
+    _ensure_ray()
     import ray
 
     try:
