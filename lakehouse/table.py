@@ -239,14 +239,13 @@ def to_arrow_dataset(storage: Storage, ref: TableRef, version: int | None = None
 
 
 def list_tables(storage: Storage, layers: Iterable[str]) -> list[TableRef]:
-    """Tables found under the given layers (a directory with a ``_delta_log``)."""
+    """Tables found under the given layers (a directory holding a ``_delta_log``)."""
     fs = storage.filesystem()
-    refs = []
+    candidates = []
     for layer in layers:
-        base = storage.fs_path(layer)
-        for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-            if info.type == pafs.FileType.Directory and DeltaTable.is_deltatable(
-                storage.uri(f"{layer}/{info.base_name}"), storage_options=storage.delta_options()
-            ):
-                refs.append(TableRef(layer, info.base_name))
-    return sorted(refs, key=str)
+        for info in fs.get_file_info(pafs.FileSelector(storage.fs_path(layer), allow_not_found=True)):
+            if info.type == pafs.FileType.Directory:
+                candidates.append(TableRef(layer, info.base_name))
+    logs = fs.get_file_info([storage.fs_path(f"{r.rel}/_delta_log") for r in candidates])
+    found = [r for r, log in zip(candidates, logs, strict=True) if log.type == pafs.FileType.Directory]
+    return sorted(found, key=str)
