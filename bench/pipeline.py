@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory import gib, timed  # noqa: E402
+from memory import gib, timed
 
 
 def floor(raw: Path, out: Path) -> None:

@@ -113,7 +113,7 @@ def run_tasks(
     rows = [{"item": json.dumps(item, default=str)} for item in items]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     return ds.map_batches(
-        _apply_each,
+        _apply_each,  # type: ignore[arg-type]
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},

@@ -27,7 +27,7 @@ def read_files(
     files: list[dict[str, Any]],
     *,
     columns: list[str] | None = None,
-    partition_types: dict[str, pl.DataType] | None = None,
+    partition_types: dict[str, Any] | None = None,
 ) -> pl.DataFrame:
     """Read data files (``{"path", "partition_values"}``) of a table, adding the partition columns back, typed."""
     partition_types = partition_types or {}
@@ -45,7 +45,7 @@ def read_files(
     return pl.concat(frames, how="vertical_relaxed")
 
 
-def _partition_literal(value: str | None, dtype: pl.DataType) -> pl.Expr:
+def _partition_literal(value: str | None, dtype: Any) -> pl.Expr:
     if value is None:
         return pl.lit(None, dtype=dtype)
     if dtype == pl.Date:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from lakehouse import bronze, engine, quarantine, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.files import DataFile, partition_value, write_data_file
-from lakehouse.frames import POLARS_TO_ARROW, read_files, to_arrow, without, write_frame
+from lakehouse.frames import POLARS_TO_ARROW, read_files, without, write_frame
 from lakehouse.spec import SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
@@ -50,10 +50,6 @@ def arrow_schema(spec: SilverSpec) -> pa.Schema:
     return pa.schema(fields)
 
 
-def partition_types(spec: SilverSpec) -> dict[str, pl.DataType]:
-    return {spec.partition.column: pl.Date} if spec.partition else {}
-
-
 def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     """Bring ``silver.<spec.name>`` up to date with its bronze source in one commit."""
     result = StageResult(table=str(ref(spec.name)))
@@ -70,8 +66,8 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     staging = f"_staging/{ctx.run_id}/silver/{spec.name}"
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
     try:
-        items = [{"path": f.path} for f in new_files if f.rows]
-        staged = engine.collect(engine.run_tasks(items, _validate_file, fn_kwargs={**common, "staging": staging}))
+        reads = [{"path": f.path} for f in new_files if f.rows]
+        staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs={**common, "staging": staging}))
         rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
         by_partition: dict[str, list[str]] = {}
         for m in staged:
@@ -79,7 +75,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
                 f = DataFile.from_json(m["file"])
                 by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
         replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
-        items = [
+        merges: list[dict[str, Any]] = [
             {
                 "partition_values": json.loads(key),
                 "staged": paths,
@@ -87,9 +83,9 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             }
             for key, paths in by_partition.items()
         ]
-        merged = engine.collect(engine.run_tasks(items, _merge_partition, fn_kwargs={**common, "staging": staging}))
+        merged = engine.collect(engine.run_tasks(merges, _merge_partition, fn_kwargs={**common, "staging": staging}))
         result.files_in = len(new_files)
-        result.partitions = len(items)
+        result.partitions = len(merges)
         result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
         result.rows_quarantined = sum(f.rows for f in rejected)
         new_in = sum(m["n"] for m in merged)

@@ -52,8 +52,7 @@ PRICING_SCHEMA = pa.schema([
     ("avg_qty", pa.float64()), ("avg_price", pa.float64()), ("avg_disc", pa.float64()),
     ("count_order", pa.int64()), ("ship_month", pa.date32()),
 ])
-ORDERS_PARTS = {"order_month": pl.Date}
-LINEITEM_PARTS = {"ship_month": pl.Date}
+ORDERS_PARTS: dict[str, Any] = {"order_month": pl.Date}
 Parts = set[tuple[str | None, ...]] | None
 
 

@@ -8,8 +8,8 @@ not parse to its column's type fails the row, like any other rule here.
 
 from __future__ import annotations
 
-import polars as pl
 import pandera.polars as pa
+import polars as pl
 
 ORDER_STATUS = ["F", "O", "P"]
 RETURN_FLAGS = ["A", "N", "R"]
