@@ -7,9 +7,12 @@ Gold semantics (the tests check them against DuckDB SQL run on the raw CSV):
 * ``customer_lifetime_value``: per customer with an order: order count, sum of o_totalprice, first and last order.
 * ``pricing_summary_monthly``: TPC-H Q1's aggregates per (ship month, return flag, line status).
 
-How they run: the customer→nation lookup is small and broadcast to workers; the orders of the affected months are
-broadcast too and joined to lineitem inside ``map_batches``, with per-block partial aggregates finished in one
-combine step; the Q1 summary is partition-aligned with ``silver.lineitem`` (both by ship month), one task per month.
+How they run, with no hash shuffle: the orders of the affected months, enriched with their customer's nation (nation
+is tiny; customers are read filtered to the batch's keys), are broadcast through the object store in batches of whole
+months of at most ``Settings.broadcast_max_rows`` rows, and joined to lineitem inside ``map_batches`` with per-block
+partial aggregates finished in one combine step per batch. Customer lifetime value aggregates orders per block and
+finishes in one step. The Q1 summary is partition-aligned with ``silver.lineitem`` (both by ship month), one task
+per month.
 """
 
 from __future__ import annotations
@@ -77,18 +80,41 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
             months |= _order_months_of_lines(storage, orders, lineitem.file_items(changed_lines))
     removes = base.files_in(months)
     meta: list[dict[str, Any]] = []
-    order_files = orders.file_items(months)
-    if order_files and lineitem.snap.files:
-        lookup = engine.broadcast(_customer_nations, storage, ins["customer"].file_items(), ins["nation"].file_items())
-        selected = engine.broadcast(_orders_with_nation, storage, order_files, lookup)
+    kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
+              "max_rows": ctx.settings.target_file_rows}
+    customers, nations = ins["customer"].file_items(), ins["nation"].file_items()
+    for batch in _month_batches(orders.snap.files_in(months), ctx.settings.broadcast_max_rows):
+        if not lineitem.snap.files:
+            break
+        # The orders of a batch of months, with their customer's nation, are the broadcast side of the join.
+        selected = engine.broadcast(_orders_with_nation, storage, batch, customers, nations)
         partials = engine.run_tasks(
             lineitem.file_items(), _revenue_partial, fn_kwargs={"storage": storage, "orders": selected}
         )
-        kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
-                  "max_rows": ctx.settings.target_file_rows}
-        meta = engine.collect(engine.combine(partials, _revenue_final, fn_kwargs=kwargs))
+        meta += engine.collect(engine.combine(partials, _revenue_final, fn_kwargs=kwargs))
     result.partitions = len(months) if months is not None else len(orders.snap.partitions())
     return gold.commit(ctx, spec, result, schema=REVENUE_SCHEMA, meta=meta, removes=removes, base=base, ins=ins)
+
+
+def _month_batches(files: list[table.TableFile], max_rows: int) -> list[list[dict[str, Any]]]:
+    """Whole months of order files packed into batches of at most ``max_rows`` rows (a bigger month alone).
+
+    Each batch is broadcast to every lineitem task, so this bounds worker memory whatever the table's size; months
+    never straddle batches, so each gold partition is computed by exactly one batch.
+    """
+    by_month: dict[str | None, list[table.TableFile]] = {}
+    for f in files:
+        by_month.setdefault(f.partition_values.get("order_month"), []).append(f)
+    batches: list[list[dict[str, Any]]] = []
+    rows = max_rows
+    for _, month_files in sorted(by_month.items(), key=lambda kv: kv[0] or ""):
+        n = sum(f.rows for f in month_files)
+        if rows + n > max_rows:
+            batches.append([])
+            rows = 0
+        batches[-1].extend({"path": f.path, "partition_values": f.partition_values} for f in month_files)
+        rows += n
+    return batches
 
 
 def _order_months_of_lines(storage: Storage, orders: gold.Input, line_files: list[dict[str, Any]]) -> set[Any]:
@@ -113,20 +139,28 @@ def _months_of_orders(item: dict[str, Any], *, storage: Storage, keys: Any) -> p
     return pa.table({"order_month": [month if hit else None]}, schema=pa.schema([("order_month", pa.string())]))
 
 
-def _customer_nations(storage: Storage, customers: list[dict[str, Any]], nations: list[dict[str, Any]]) -> pl.DataFrame:
+def _customer_nations(
+    storage: Storage, customers: list[dict[str, Any]], nations: list[dict[str, Any]], keys: pl.Series | None = None
+) -> pl.DataFrame:
+    """``c_custkey, c_name, nation``; only the customers in ``keys`` when given (a semi-join while reading)."""
     c = read_files(storage, silver.ref("customer").rel, customers, columns=["c_custkey", "c_name", "c_nationkey"])
     n = read_files(storage, silver.ref("nation").rel, nations, columns=["n_nationkey", "n_name"])
     if not c.height or not n.height:
         return pl.DataFrame(schema={"c_custkey": pl.Int64, "c_name": pl.String, "nation": pl.String})
+    if keys is not None:
+        c = c.filter(pl.col("c_custkey").is_in(keys.implode()))
     joined = c.join(n, left_on="c_nationkey", right_on="n_nationkey", how="inner")
     return joined.select("c_custkey", "c_name", pl.col("n_name").alias("nation"))
 
 
-def _orders_with_nation(storage: Storage, files: list[dict[str, Any]], lookup: pl.DataFrame) -> pl.DataFrame:
+def _orders_with_nation(
+    storage: Storage, files: list[dict[str, Any]], customers: list[dict[str, Any]], nations: list[dict[str, Any]]
+) -> pl.DataFrame:
     cols = ["o_orderkey", "o_custkey", "order_month"]
     o = read_files(storage, silver.ref("orders").rel, files, columns=cols, partition_types=ORDERS_PARTS)
     if not o.height:
         return pl.DataFrame(schema={"o_orderkey": pl.Int64, "order_month": pl.Date, "nation": pl.String})
+    lookup = _customer_nations(storage, customers, nations, keys=o.get_column("o_custkey").unique())
     joined = o.join(lookup, left_on="o_custkey", right_on="c_custkey", how="inner")
     return joined.select("o_orderkey", "order_month", "nation")
 
@@ -180,9 +214,9 @@ def build_customer_lifetime_value(ctx: RunContext, spec: GoldSpec) -> StageResul
     base = table.snapshot(storage, gold.ref(spec.name))
     meta: list[dict[str, Any]] = []
     if ins["orders"].snap.files:
-        lookup = engine.broadcast(_customer_nations, storage, ins["customer"].file_items(), ins["nation"].file_items())
         partials = engine.run_tasks(ins["orders"].file_items(), _clv_partial, fn_kwargs={"storage": storage})
-        kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id, "lookup": lookup,
+        kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
+                  "customers": ins["customer"].file_items(), "nations": ins["nation"].file_items(),
                   "max_rows": ctx.settings.target_file_rows}
         meta = engine.collect(engine.combine(partials, _clv_final, fn_kwargs=kwargs))
     return gold.commit(ctx, spec, result, schema=CLV_SCHEMA, meta=meta, removes=list(base.files), base=base,
@@ -203,9 +237,15 @@ def _clv_partial(item: dict[str, Any], *, storage: Storage) -> pa.Table:
 
 
 def _clv_final(
-    partials: pa.Table, *, storage: Storage, rel: str, run_id: str, lookup: Any, max_rows: int
+    partials: pa.Table,
+    *,
+    storage: Storage,
+    rel: str,
+    run_id: str,
+    customers: list[dict[str, Any]],
+    nations: list[dict[str, Any]],
+    max_rows: int,
 ) -> pa.Table:
-    customers: pl.DataFrame = engine.fetch(lookup)
     df = pl.from_arrow(partials)
     assert isinstance(df, pl.DataFrame)
     totals = df.group_by("o_custkey").agg(
@@ -214,7 +254,8 @@ def _clv_final(
         pl.col("first_order_date").min(),
         pl.col("last_order_date").max(),
     )
-    out = totals.join(customers, left_on="o_custkey", right_on="c_custkey", how="inner")
+    lookup = _customer_nations(storage, customers, nations, keys=totals.get_column("o_custkey"))
+    out = totals.join(lookup, left_on="o_custkey", right_on="c_custkey", how="inner")
     out = out.rename({"o_custkey": "c_custkey"}).sort("c_custkey")
     return gold.meta_table(write_frame(storage, rel, out, CLV_SCHEMA, prefix=f"part-{run_id}", max_rows=max_rows))
 
