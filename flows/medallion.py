@@ -1,0 +1,152 @@
+"""The ``medallion`` Prefect flow: every landed source to bronze, then silver, then gold, one task per table.
+
+The flow only orchestrates: settings are built once at this edge, Ray is started once for the run, and each task is
+one library call. Tasks run one at a time on purpose: two Ray Data pipelines at once deadlock a 2-CPU Ray (each holds
+a CPU the other waits for). Idempotency is the library's job (a rerun with nothing new commits nothing); Prefect
+retries only errors that say a retry can help.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+import lakehouse
+from lakehouse import LakehouseError, RunContext, StageResult
+from lakehouse.engine import ray_session  # Ray itself is imported only when a stage first needs it
+
+SUMMARY_KEY = "medallion-run-summary"
+TASK_TIMEOUT_SECONDS = 3600
+
+
+def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only errors the library marks as retryable (a commit conflict, a storage hiccup)."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, LakehouseError) and error.retryable
+
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [5, 30],
+    "retry_condition_fn": is_transient,
+    "timeout_seconds": TASK_TIMEOUT_SECONDS,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+@task(name="bronze", task_run_name="bronze.{source}", **_TASK_OPTIONS)
+def bronze(ctx: RunContext, source: str) -> StageResult:
+    """Ingest the files of ``source`` landed since the last run into its bronze table."""
+    return _logged(lakehouse.ingest(ctx, source))
+
+
+@task(name="silver", task_run_name="silver.{name}", **_TASK_OPTIONS)
+def silver(ctx: RunContext, name: str) -> StageResult:
+    """Validate, deduplicate and merge the new bronze rows of ``name`` into its silver table."""
+    return _logged(lakehouse.build_silver(ctx, name))
+
+
+@task(name="gold", task_run_name="gold.{name}", **_TASK_OPTIONS)
+def gold(ctx: RunContext, name: str) -> StageResult:
+    """Rebuild what changed of the gold table ``name``."""
+    return _logged(lakehouse.build_gold(ctx, name))
+
+
+def _logged(result: StageResult) -> StageResult:
+    get_run_logger().info(
+        "%s: %s in %.1fs (read=%d written=%d quarantined=%d duplicate=%d version=%s)",
+        result.table, result.status, result.seconds, result.rows_in, result.rows_written,
+        result.rows_quarantined, result.rows_duplicate, result.version,
+    )
+    return result
+
+
+@flow(name="medallion", persist_result=False)
+def medallion(root: str | None = None, pipeline: str = "tpch", full_refresh: bool = False) -> list[StageResult]:
+    """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed."""
+    logger = get_run_logger()
+    settings = lakehouse.settings_from_env(root, pipeline=pipeline)
+    spec = lakehouse.pipeline(pipeline)
+    ctx = RunContext.start(settings, full_refresh=full_refresh)
+    logger.info("run %s of pipeline %s on %s (full_refresh=%s)", ctx.run_id, pipeline, settings.root, full_refresh)
+
+    stages: list[tuple[str, Callable[..., StageResult], str]] = [
+        *((f"bronze.{s}", bronze, s) for s in spec.sources),
+        *((f"silver.{s.name}", silver, s.name) for s in spec.silver),
+        *((f"gold.{g.name}", gold, g.name) for g in spec.gold),
+    ]
+    results: list[StageResult] = []
+    started = time.monotonic()
+    # One Ray for the whole run (started on first use), shared by the stages; they run one at a time.
+    with ray_session(settings.ray):
+        try:
+            for table, stage, arg in stages:
+                results.append(_run_stage(table, stage, ctx, arg, results))
+        finally:
+            _report(ctx, results, time.monotonic() - started)
+    return results
+
+
+def _run_stage(
+    table: str, stage: Callable[..., StageResult], ctx: RunContext, arg: str, results: list[StageResult]
+) -> StageResult:
+    """Run one stage task; on failure add a failed row for the table and fail the flow with the table's name."""
+    started = dt.datetime.now(dt.UTC)
+    try:
+        return stage(ctx, arg)
+    except LakehouseError as e:
+        failed = StageResult(table=str(e.context.get("table") or table), started_at=started)
+        results.append(failed.finish("failed", str(e)))
+        raise
+    except Exception as e:
+        # Not one of ours (a timeout, a bug): still say which table it was about.
+        message = f"{type(e).__name__}: {e}"
+        results.append(StageResult(table=table, started_at=started).finish("failed", message))
+        raise RuntimeError(f"{table}: {message}") from e
+
+
+def _report(ctx: RunContext, results: list[StageResult], seconds: float) -> None:
+    """Record the run in ``_meta.runs`` and publish the per-table summary as an artifact, whatever happened."""
+    logger = get_run_logger()
+    failed = [r.table for r in results if r.status == "failed"]
+    logger.info("run %s: %d tables in %.1fs%s", ctx.run_id, len(results), seconds,
+                f", failed: {', '.join(failed)}" if failed else "")
+    try:
+        create_table_artifact(
+            key=SUMMARY_KEY,
+            table=[_row(r) for r in results],
+            description=f"Run `{ctx.run_id}` of pipeline `{ctx.settings.pipeline}` on `{ctx.settings.root}` "
+            f"({seconds:.1f}s{', full refresh' if ctx.full_refresh else ''})",
+        )
+    except Exception:  # the summary is a convenience: never let it hide the run's own outcome
+        logger.exception("could not publish the run summary artifact")
+    try:
+        lakehouse.record(ctx, results)
+    except Exception:
+        if not failed:
+            raise
+        # Already failing: the stage's error is the one to report; this one only goes to the log.
+        logger.exception("could not record run %s in _meta.runs", ctx.run_id)
+
+
+def _row(r: StageResult) -> dict[str, Any]:
+    return {
+        "table": r.table,
+        "status": r.status,
+        "rows_read": r.rows_in,
+        "rows_written": r.rows_written,
+        "rows_quarantined": r.rows_quarantined,
+        "rows_duplicate": r.rows_duplicate,
+        "delta_version": r.version,
+        "seconds": round(r.seconds, 2),
+        "message": r.message,
+    }
