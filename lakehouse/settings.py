@@ -36,7 +36,7 @@ class Settings:
     pipeline: str = "tpch"
     # Rows per Parquet file written by workers: ~1M rows keeps files in the 32-128 MB range for TPC-H.
     target_file_rows: int = 1_000_000
-    # A dimension at or below this many rows is broadcast to workers instead of being joined by a shuffle.
+    # The most rows broadcast to every worker for a join (the revenue join broadcasts orders in batches of this).
     broadcast_max_rows: int = 2_000_000
 
     def with_root(self, root: str) -> Settings:
