@@ -79,6 +79,7 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
         elif changed_lines:
             months |= _order_months_of_lines(storage, orders, lineitem.file_items(changed_lines))
     removes = base.files_in(months)
+    result.rows_in = sum(f.rows for f in orders.snap.files_in(months)) + sum(f.rows for f in lineitem.snap.files)
     meta: list[dict[str, Any]] = []
     kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
               "max_rows": ctx.settings.target_file_rows}
@@ -213,6 +214,7 @@ def build_customer_lifetime_value(ctx: RunContext, spec: GoldSpec) -> StageResul
     storage = ctx.storage
     base = table.snapshot(storage, gold.ref(spec.name))
     meta: list[dict[str, Any]] = []
+    result.rows_in = sum(f.rows for f in ins["orders"].snap.files)
     if ins["orders"].snap.files:
         partials = engine.run_tasks(ins["orders"].file_items(), _clv_partial, fn_kwargs={"storage": storage})
         kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
@@ -277,6 +279,7 @@ def build_pricing_summary(ctx: RunContext, spec: GoldSpec) -> StageResult:
     for f in lineitem.file_items(months):
         by_month.setdefault(f["partition_values"]["ship_month"], []).append(f)
     items = [{"month": m, "files": fs} for m, fs in sorted(by_month.items())]
+    result.rows_in = sum(f.rows for f in lineitem.snap.files_in(months))
     kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id}
     meta = engine.collect(engine.run_tasks(items, _pricing_month, fn_kwargs=kwargs)) if items else []
     return gold.commit(ctx, spec, result, schema=PRICING_SCHEMA, meta=meta, removes=base.files_in(months),
