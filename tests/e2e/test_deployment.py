@@ -1,0 +1,216 @@
+"""End to end: the ``tpch`` deployment of prefect.yaml, run by a real Prefect server and a real process worker.
+
+Given TPC-H landed under a fresh root, a Prefect server on a free port, the work pool and the deployment made with
+``prefect --no-prompt deploy --all``, and a process worker; when the deployment is run (twice); then both runs
+complete, each publishes its summary artifact, the gold tables equal DuckDB's answer on the raw CSV files, and the
+second run commits nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import httpx
+import polars as pl
+import pytest
+
+from tests.oracle import SORT, assert_frames_match, expected
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = [sys.executable, "-m", "prefect"]
+POOL = "lakehouse"
+DEPLOYMENT = "medallion/tpch"
+SUMMARY_KEY = "medallion-run-summary"
+
+
+@dataclass(frozen=True)
+class Stack:
+    api_url: str
+    env: dict[str, str]
+    logs: Path
+
+    def prefect(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*PREFECT, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def tail(self, name: str, lines: int = 60) -> str:
+        path = self.logs / name
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A Prefect server on a free port, the work pool, the deployment and a process worker; all stopped at the end."""
+    base = tmp_path_factory.mktemp("prefect-e2e")
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    # Ray's socket paths must stay short: a private dir directly under /tmp, not pytest's deep tmp path.
+    ray_temp = Path("/tmp") / f"lhe2e-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LAKEHOUSE_")) and k != "RAY_ADDRESS"}
+    env.update(
+        PREFECT_HOME=str(base / "home"),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        LAKEHOUSE_PROJECT_DIR=str(REPO),
+        LAKEHOUSE_RAY_CPUS="2",
+        LAKEHOUSE_RAY_OBJECT_STORE_BYTES=str(512 << 20),
+        LAKEHOUSE_RAY_TEMP_DIR=str(ray_temp),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="disabled",
+    )
+    stack = Stack(api_url=api_url, env=env, logs=base)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        server = ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        processes.append(_start(server, env, base / "server.log"))
+        _wait_healthy(api_url, processes[0], stack)
+
+        pool = stack.prefect("work-pool", "create", POOL, "--type", "process", "--overwrite")
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = stack.prefect("--no-prompt", "deploy", "--all")
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+
+        processes.append(_start(["worker", "start", "--pool", POOL, "--type", "process"], env, base / "worker.log"))
+        yield stack
+    finally:
+        for proc in reversed(processes):
+            _stop(proc)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack, tmp_path: Path) -> None:
+    from lakehouse.demo import generate
+    from lakehouse.storage import Storage
+
+    root = tmp_path / "lake"
+    generate(Storage(str(root)), scale_factor=0.01, months=6)
+
+    with _client(stack) as client:
+        deployment = client.read_deployment_by_name(DEPLOYMENT)
+    assert deployment.entrypoint == "flows/medallion.py:medallion"
+    assert deployment.work_pool_name == POOL
+    assert deployment.parameters == {"pipeline": "tpch"}
+    assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1
+
+    first = _run_deployment(stack, root)
+    summary = _summary(stack, first)
+    assert len(summary) == 13
+    assert {row["status"] for row in summary} == {"committed"}, summary
+    rows = {row["table"]: row for row in summary}
+    assert rows["bronze.lineitem"]["rows_read"] == rows["silver.lineitem"]["rows_written"] > 0
+
+    for table, keys in SORT.items():
+        actual = pl.read_delta(str(root / "gold" / table))
+        assert_frames_match(actual, expected(root / "raw", table), keys)
+
+    versions = {table: _delta_version(root / "gold" / table) for table in SORT}
+    second = _run_deployment(stack, root)
+    assert second != first
+    assert {row["status"] for row in _summary(stack, second)} == {"skipped"}
+    assert {table: _delta_version(root / "gold" / table) for table in SORT} == versions
+
+
+def _run_deployment(stack: Stack, root: Path) -> UUID:
+    """Run the deployment with ``root``, wait for it through the CLI, and check the server says it completed."""
+    run = stack.prefect(
+        "deployment", "run", DEPLOYMENT, "--param", f"root={root}", "--watch", "--watch-timeout", "600", timeout=660
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, f"{output}\n--- worker log ---\n{stack.tail('worker.log')}"
+    match = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert match, output
+    flow_run_id = UUID(match.group(1))
+    with _client(stack) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    assert flow_run.parameters["root"] == str(root)
+    return flow_run_id
+
+
+def _summary(stack: Stack, flow_run_id: UUID) -> list[dict[str, Any]]:
+    """The rows of the run's summary table artifact."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with _client(stack) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[SUMMARY_KEY])
+            )
+        )
+    assert len(artifacts) == 1, artifacts
+    assert artifacts[0].type == "table"
+    data = artifacts[0].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows), rows
+    return rows
+
+
+def _client(stack: Stack) -> SyncPrefectClient:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(stack.api_url)
+
+
+def _delta_version(path: Path) -> int:
+    return max(int(p.stem) for p in (path / "_delta_log").glob("*.json"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # A session of its own, so one signal to the group stops it and whatever it started (uvicorn, flow runs).
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*PREFECT, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _wait_healthy(api_url: str, server: subprocess.Popen[bytes], stack: Stack, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"server exited:\n{stack.tail('server.log')}"
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"Prefect server not healthy after {timeout}s:\n{stack.tail('server.log')}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
