@@ -90,11 +90,15 @@ def _ensure_ray() -> None:
 def _quiet_data_context() -> None:
     import ray.data
 
-    # Our stages log their own one-line summaries; Ray Data's per-dataset INFO lines would drown them. Ray Data
-    # configures its loggers when imported, so this comes after the import.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Our stages log their own summaries and re-raise worker errors with their context (collect); Ray Data's own
+    # per-dataset lines and error dumps would only repeat them (its log files keep everything). Ray Data configures
+    # its loggers when imported, so this comes after the import.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
     ctx = ray.data.DataContext.get_current()
+    # Our errors carry their table/file context; without this Ray Data replaces them by a UserCodeException whose
+    # cause is lost on the way back to the driver.
+    ctx.raise_original_map_exception = True
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
 
@@ -144,16 +148,21 @@ def collect(ds: Any) -> list[dict[str, Any]]:
         raise
 
 
-def _find_ours(e: BaseException | None) -> LakehouseError | None:
-    seen = 0
-    while e is not None and seen < 20:
-        if isinstance(e, LakehouseError):
-            return e
+def _find_ours(error: BaseException | None) -> LakehouseError | None:
+    """Our error inside Ray's wrappers (``RayTaskError.cause``, ``UserCodeException.__cause__``, ...), if any."""
+    queue, seen = [error], set()
+    while queue:
+        e = queue.pop(0)
+        if e is None or id(e) in seen:
+            continue
         cause = getattr(e, "cause", None)
         if isinstance(cause, LakehouseError):
+            # A RayTaskError is also an instance of its cause's class, but renders as the whole remote traceback.
             return cause
-        e = e.__cause__ or e.__context__
-        seen += 1
+        if isinstance(e, LakehouseError):
+            return e
+        seen.add(id(e))
+        queue += [getattr(e, "cause", None), e.__cause__, e.__context__]
     return None
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from lakehouse import bronze, engine, quarantine, table
 from lakehouse.context import RunContext, StageResult
+from lakehouse.errors import SchemaMismatch
 from lakehouse.files import DataFile, partition_value, write_data_file
 from lakehouse.frames import POLARS_TO_ARROW, read_files, without, write_frame
 from lakehouse.spec import SilverSpec
@@ -145,6 +146,13 @@ def _validate_file(
     item: dict[str, Any], *, storage: Storage, spec: SilverSpec, run_id: str, staging: str, max_rows: int
 ) -> pa.Table:
     raw = read_files(storage, bronze.ref(spec.source).rel, [{"path": item["path"], "partition_values": {}}])
+    missing = [c for c in model_dtypes(spec.model) if c not in raw.columns]
+    if missing:
+        landed = raw.get_column("_source_file")[0] if raw.height else item["path"]
+        raise SchemaMismatch(
+            f"required column {missing[0]!r} is missing (the model needs {', '.join(missing)})",
+            table=str(ref(spec.name)), path=landed, column=missing[0],
+        )
     split = split_valid(raw, spec.model)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
     if split.rejected.height:
