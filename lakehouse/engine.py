@@ -65,10 +65,15 @@ def _ensure_ray() -> None:
     settings: RaySettings | None = _session["settings"]
     if settings is None:
         raise ConfigError("Ray is not available here: run engine work inside engine.ray_session(...)")
-    import ray
-
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not settings.address:
+        # Ray 2.60 turns a node IP of 127.0.0.1 into the external interface's address (resolve_ip_for_localhost)
+        # unless "cluster mode" is off; off, the local instance and its workers listen on loopback only. Ray reads
+        # this when first imported, so it is set before the import.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING)
     else:
