@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from lakehouse.settings import RaySettings, Settings
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only (see engine.py)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -48,3 +51,41 @@ def tpch_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(root=str(tmp_path / "lake"), ray=RAY, target_file_rows=1_000_000)
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lakehouse root with TPC-H landed and processed by one pipeline run."""
+
+    root: Path
+    settings: Settings
+    report: Any
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+
+@pytest.fixture(scope="session")
+def tpch_lake(ray_session: None, tpch_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """One full pipeline run over a copy of ``tpch_raw``, shared read-only; copy it (``lake_copy``) to change it."""
+    import lakehouse
+
+    root = tmp_path_factory.mktemp("tpch-lake")
+    shutil.copytree(tpch_raw, root / "raw")
+    settings = Settings(root=str(root), ray=RAY, target_file_rows=1_000_000)
+    report = lakehouse.run(settings)
+    assert report.ok, report.error
+    return Lake(root=root, settings=settings, report=report)
+
+
+@pytest.fixture
+def lake_copy(tpch_lake: Lake, tmp_path: Path) -> Callable[[], Lake]:
+    """A factory of private copies of the shared processed lake (raw files and Delta tables), to land more into."""
+
+    def make() -> Lake:
+        root = tmp_path / f"lake-{len(list(tmp_path.glob('lake-*')))}"
+        shutil.copytree(tpch_lake.root, root)
+        return Lake(root=root, settings=tpch_lake.settings.with_root(str(root)), report=tpch_lake.report)
+
+    return make

@@ -1,0 +1,74 @@
+"""settings_from_env: the one place that reads the environment; tested with an explicit env mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from lakehouse.settings import RaySettings, Settings, settings_from_env
+
+AWS = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+    "AWS_ACCESS_KEY_ID": "key",
+    "AWS_SECRET_ACCESS_KEY": "secret",
+    "AWS_REGION": "us-east-1",
+    "AWS_ALLOW_HTTP": "true",
+}
+
+
+def test_defaults_with_an_empty_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = settings_from_env(env={})
+    assert s.root == os.path.join(str(tmp_path), "lakehouse-data")
+    assert s.storage_options == {}
+    assert s.ray == RaySettings(address=None, num_cpus=2, object_store_bytes=1 << 30, temp_dir=None)
+    assert s.pipeline == "tpch"
+
+
+def test_root_argument_wins_over_the_environment_and_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert settings_from_env("data", env={"LAKEHOUSE_ROOT": "/elsewhere"}).root == str(tmp_path / "data")
+    assert settings_from_env(env={"LAKEHOUSE_ROOT": "/srv/lake"}).root == "/srv/lake"
+
+
+def test_s3_root_takes_the_aws_options_and_nothing_else() -> None:
+    env = {**AWS, "LAKEHOUSE_ROOT": "s3://bucket/lake", "HOME": "/root", "AWS_PROFILE": "ignored"}
+    s = settings_from_env(env=env)
+    assert s.root == "s3://bucket/lake"
+    assert dict(s.storage_options) == AWS
+
+
+def test_local_root_ignores_aws_options() -> None:
+    assert settings_from_env("/srv/lake", env=AWS).storage_options == {}
+
+
+def test_ray_settings_from_the_environment() -> None:
+    env = {
+        "RAY_ADDRESS": "ray://head:10001",
+        "LAKEHOUSE_RAY_CPUS": "8",
+        "LAKEHOUSE_RAY_OBJECT_STORE_BYTES": "123456789",
+        "LAKEHOUSE_RAY_TEMP_DIR": "/tmp/r",
+    }
+    assert settings_from_env("/l", env=env).ray == RaySettings("ray://head:10001", 8, 123456789, "/tmp/r")
+    assert settings_from_env("/l", env={"RAY_ADDRESS": ""}).ray.address is None
+
+
+def test_overrides_pass_through_and_settings_are_frozen() -> None:
+    s = settings_from_env("/l", env={}, pipeline="other", target_file_rows=10)
+    assert (s.pipeline, s.target_file_rows) == ("other", 10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.root = "/x"  # type: ignore[misc]
+    assert s.with_root("/y").root == "/y" and s.root == "/l"
+    assert hash(s) == hash(Settings(root="/l", pipeline="other", target_file_rows=10))
+
+
+def test_does_not_read_os_environ_when_env_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEHOUSE_ROOT", "/from/os/environ")
+    monkeypatch.setenv("LAKEHOUSE_RAY_CPUS", "64")
+    s = settings_from_env(env={"LAKEHOUSE_ROOT": "/from/mapping"})
+    assert s.root == "/from/mapping" and s.ray.num_cpus == 2
