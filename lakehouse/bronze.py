@@ -35,7 +35,15 @@ LINEAGE = pa.schema(
     ]
 )
 FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json", ".parquet": "parquet"}
-META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("raw_rows", pa.int64()), ("columns", pa.string())])
+META = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("file", pa.string()),
+        ("landed", pa.string()),
+        ("raw_rows", pa.int64()),
+        ("columns", pa.string()),
+    ]
+)
 
 
 def ref(source: str) -> TableRef:
@@ -94,6 +102,8 @@ def _data_columns(schema: pa.Schema | None) -> list[str]:
 
 
 def _agree_on_columns(source: str, meta: list[dict[str, Any]], expected: list[str] | None) -> list[str]:
+    """The bronze columns: the table's, or on a first ingest the first file's; every file must have the same set
+    (in any order: Delta readers match columns by name)."""
     columns = expected
     for m in meta:
         if m["kind"] != "bronze":
@@ -101,9 +111,8 @@ def _agree_on_columns(source: str, meta: list[dict[str, Any]], expected: list[st
         cols = json.loads(m["columns"])
         if columns is None:
             columns = cols
-        elif cols != columns:
-            path = DataFile.from_json(m["file"]).path
-            raise SchemaMismatch(_describe_difference(columns, cols), table=f"bronze.{source}", path=path)
+        elif set(cols) != set(columns):
+            raise SchemaMismatch(_describe_difference(columns, cols), table=f"bronze.{source}", path=m["landed"])
     return columns or []
 
 
@@ -111,7 +120,7 @@ def _describe_difference(expected: list[str], got: list[str]) -> str:
     missing = [c for c in expected if c not in got]
     extra = [c for c in got if c not in expected]
     parts = [f"missing column {c!r}" for c in missing] + [f"unexpected column {c!r}" for c in extra]
-    return "; ".join(parts) or f"columns in a different order: {got}"
+    return "; ".join(parts)
 
 
 # --- worker side -------------------------------------------------------------------------------------------------
@@ -158,6 +167,7 @@ def _ingest_file(
         {
             "kind": "bronze",
             "file": written.to_json(),
+            "landed": path,
             "raw_rows": n + len(bad),
             "columns": json.dumps(rows.column_names[: -len(LINEAGE)]),
         }
@@ -175,7 +185,7 @@ def _ingest_file(
             run_id=run_id,
         )
         qfile = write_data_file(storage, quarantine.ref(source).rel, q, prefix=f"part-{run_id}")
-        out.append({"kind": "quarantine", "file": qfile.to_json(), "raw_rows": 0, "columns": "[]"})
+        out.append({"kind": "quarantine", "file": qfile.to_json(), "landed": path, "raw_rows": 0, "columns": "[]"})
     return pa.Table.from_pylist(out, schema=META)
 
 
@@ -183,8 +193,12 @@ Bad = tuple[int, str, str]  # line number, raw text, reason
 
 
 def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
-    """All values as strings; lines with the wrong number of fields are set aside with their record number."""
-    header_line = raw.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    """All values as strings; lines with the wrong number of fields are set aside with their record number.
+
+    Record numbers count the header as 1 and blank lines too, so they are the physical line numbers unless a quoted
+    value spans lines.
+    """
+    header_line = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
     if not header_line.strip():
         raise SourceFileError("empty file or empty header line", path=path)
     names = next(csv.reader([header_line]))
@@ -206,7 +220,8 @@ def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
         )
     except pa.ArrowInvalid as e:
         raise SourceFileError(f"not a readable CSV file: {e}", path=path) from e
-    # Record numbers count the header as 1; the valid rows are the numbers not taken by a bad row.
+    # The valid rows are the record numbers not taken by a bad record. pyarrow skips blank lines without numbering
+    # them: map record numbers back to line numbers when the file has any.
     taken = {b[0] for b in bad}
     lines, number = [], 2
     for _ in range(rows.num_rows):
@@ -214,7 +229,22 @@ def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
             number += 1
         lines.append(number)
         number += 1
+    to_line = _record_lines(raw)
+    if to_line:
+        lines = [to_line(n) for n in lines]
+        bad = [(to_line(n), text, reason) for n, text, reason in bad]
     return rows, lines, bad
+
+
+def _record_lines(raw: bytes) -> Any:
+    """A map from pyarrow's record numbers (blank lines not counted) to line numbers, when the file has blank lines."""
+    if b"\n\n" not in raw and b"\n\r\n" not in raw:
+        return None
+    pieces = raw.split(b"\n")
+    if pieces and not pieces[-1]:
+        pieces.pop()  # the piece after the final newline is not a line
+    nonblank = [n for n, line in enumerate(pieces, start=1) if line.strip(b"\r")]
+    return lambda record: nonblank[record - 1] if record <= len(nonblank) else record
 
 
 def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
@@ -223,7 +253,9 @@ def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
     lines: list[int] = []
     bad: list[Bad] = []
     columns: dict[str, None] = {}
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    # Records are separated by "\n" only: str.splitlines() would also split on U+2028, U+0085, ... inside strings.
+    for number, line in enumerate(raw.decode("utf-8-sig", errors="replace").split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

@@ -20,7 +20,10 @@ class LakehouseError(Exception):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = self.context.get("table") or self.context.get("path") or self.context.get("source")
+        table, path = self.context.get("table"), self.context.get("path")
+        where = table or path or self.context.get("source")
+        if table and path:
+            where = f"{table} ({path})"
         return f"{where}: {self.message}" if where else self.message
 
     def about(self, table: str) -> LakehouseError:

@@ -39,8 +39,12 @@ def query(storage: Storage, sql: str) -> pa.Table:
 
 
 def _quote_meta(sql: str) -> str:
-    # "_meta" starts with an underscore: quote it so `_meta.runs` works unquoted in user SQL.
-    return re.sub(r'(?<!["\w])_meta\.', '"_meta".', sql)
+    # "_meta" starts with an underscore: quote it so `_meta.runs` works unquoted in user SQL; string literals and
+    # quoted identifiers are matched first and left as they are.
+    def sub(m: re.Match[str]) -> str:
+        return m.group(0) if m.group(1) else '"_meta".'
+
+    return re.sub(r"""('(?:[^']|'')*'|"(?:[^"]|"")*")|(?<![\w.])_meta\.""", sub, sql)
 
 
 def render(result: pa.Table, fmt: str) -> str:

@@ -182,13 +182,16 @@ def _write_rejected(
 ) -> DataFile:
     data_columns = [c for c in raw.columns if not c.startswith("_")]
     rows = raw.with_row_index(ROW_ID).join(rejected.with_columns(pl.col(ROW_ID).cast(pl.UInt32)), on=ROW_ID)
+    originals = list(rows.select(data_columns).iter_rows(named=True))
+    columns = rows.get_column("column").to_list()
     q = quarantine.records(
         stage="silver",
         checks=rows.get_column("check").to_list(),
-        columns=rows.get_column("column").to_list(),
-        values=rows.get_column("value").to_list(),
+        columns=columns,
+        # The value as landed (a rule sees the typed value: "-5.0" for a landed "-5.00").
+        values=[r[c] if c in r else v for r, c, v in zip(originals, columns, rows.get_column("value"), strict=True)],
         failures=rows.get_column("failures").to_list(),
-        rows=[json.dumps(r) for r in rows.select(data_columns).iter_rows(named=True)],
+        rows=[json.dumps(r) for r in originals],
         source_files=rows.get_column("_source_file").to_list(),
         source_lines=rows.get_column("_source_line").to_list(),
         run_id=run_id,

@@ -48,9 +48,8 @@ def expected(raw: Path, table: str) -> pl.DataFrame:
     for source in ("orders", "lineitem", "customer", "nation"):
         files = sorted(str(p) for p in (raw / source).rglob("*.csv"))
         types = ", ".join(f"'{k}': '{v}'" for k, v in TYPES.items() if k.split("_")[0][0] == source[0])
-        con.execute(
-            f"CREATE VIEW {source} AS SELECT * FROM read_csv({files!r}, header=true, all_varchar=true, types={{{types}}})"
-        )
+        options = f"header=true, all_varchar=true, types={{{types}}}"
+        con.execute(f"CREATE VIEW {source} AS SELECT * FROM read_csv({files!r}, {options})")
     return con.sql(SQL[table]).pl()
 
 

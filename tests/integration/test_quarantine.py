@@ -39,7 +39,7 @@ ORDER_LINES = {
 BAD_ORDERS = {
     # line: (stage, check, column, value)
     3: ("silver", "isin(['F', 'O', 'P'])", "o_orderstatus", "X"),
-    5: ("silver", "greater_than_or_equal_to(0)", "o_totalprice", "-5.0"),  # a rule sees the typed value
+    5: ("silver", "greater_than_or_equal_to(0)", "o_totalprice", "-5.00"),  # the value as landed
     6: ("bronze", "malformed_record", None, None),
     7: ("silver", "dtype('Int64')", "o_orderkey", "abc"),
     8: ("silver", "dtype('Date')", "o_orderdate", "1995-13-45"),

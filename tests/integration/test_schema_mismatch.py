@@ -42,7 +42,7 @@ def test_a_file_missing_a_column_commits_nothing(lake_copy: Callable[[], Lake]) 
     error = report.error
     assert isinstance(error, SchemaMismatch)
     assert (error.table, error.path) == ("bronze.orders", BAD_FILE)
-    assert str(error) == "bronze.orders: missing column 'o_comment'"
+    assert str(error) == f"bronze.orders ({BAD_FILE}): missing column 'o_comment'"
     assert "Traceback" not in str(error)
     assert (report.results[-1].table, report.results[-1].status) == ("bronze.orders", "failed")
     assert [r.status for r in report.results[:3]] == ["skipped"] * 3
@@ -70,11 +70,6 @@ def _first_landing(tmp_path: Path, lake: Lake, *, second: pl.DataFrame) -> Setti
     return Settings(root=str(tmp_path), ray=RAY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on a table's first ingest the header check runs on the driver (_agree_on_columns) and names the "
-    "bronze Parquet file it wrote (part-<run>-<uuid>.parquet) as the path instead of the landed file",
-)
 def test_first_ingest_with_disagreeing_headers_names_the_landed_file(
     tmp_path: Path, tpch_lake: Lake, ray_session: None
 ) -> None:
@@ -104,11 +99,6 @@ def test_first_ingest_with_disagreeing_headers_commits_nothing(
     assert not (tmp_path / "bronze/orders/_delta_log").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the same columns in another order are reordered when the table exists (worker side) but rejected "
-    "as 'columns in a different order' on the table's first ingest (_agree_on_columns compares lists)",
-)
 def test_first_ingest_accepts_the_same_columns_in_another_order(
     tmp_path: Path, tpch_lake: Lake, ray_session: None
 ) -> None:

@@ -52,4 +52,7 @@ def test_cli_exits_nonzero_with_one_clear_message(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: silver.region: required column 'r_comment' is missing (the model needs r_comment)"]
+    assert errors == [
+        "error: silver.region (raw/region/regions.csv): required column 'r_comment' is missing "
+        "(the model needs r_comment)"
+    ]

@@ -62,11 +62,6 @@ def test_csv_quoted_newlines_stay_inside_the_value_and_numbering_counts_records(
     assert [b[:2] for b in bad] == [(3, "4,5")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pyarrow skips blank lines without numbering them, so rows after a blank line get a _source_line one "
-    "short of their line (README: the physical line unless a quoted value spans lines)",
-)
 def test_csv_blank_lines_still_count_as_lines() -> None:
     raw = b"a,b,c\n1,2,3\n\n4,5,6\n7,8\n"
 
@@ -88,11 +83,6 @@ def test_csv_empty_file_is_a_source_file_error() -> None:
     assert info.value.path == "raw/t/empty.csv"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a UTF-8 BOM stays in the header names parsed by csv.reader while pyarrow strips it, so the "
-    "first column misses its string type and is type-inferred (int64, leading zeros lost)",
-)
 def test_csv_with_a_utf8_byte_order_mark() -> None:
     # given a file saved by a spreadsheet tool, with a BOM before the header
     raw = b"\xef\xbb\xbfk,name\n007,x\n"
@@ -130,11 +120,6 @@ def test_json_lines_with_invalid_json_and_non_objects() -> None:
     assert bad[2][2] == "expected a JSON object, found str"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _read_json splits with str.splitlines(), which also breaks on U+2028/U+2029/U+0085 etc. inside "
-    "JSON string values; NDJSON records are separated by \\n only",
-)
 def test_json_line_separator_characters_inside_a_string_value() -> None:
     # given valid NDJSON whose text holds a Unicode line separator (legal unescaped in JSON strings)
     records = [{"k": 1, "comment": "first\u2028second"}, {"k": 2, "comment": "next\x85line"}]

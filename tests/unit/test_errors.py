@@ -35,7 +35,7 @@ def test_pickle_round_trip_keeps_type_message_and_context(cls: type[LakehouseErr
     assert back.table == "bronze.orders"
     assert back.path == "raw/orders/1995-03/part-0.csv"
     assert back.message == "missing column 'o_comment'"
-    assert str(back) == str(err) == "bronze.orders: missing column 'o_comment'"
+    assert str(back) == str(err) == "bronze.orders (raw/orders/1995-03/part-0.csv): missing column 'o_comment'"
     assert back.retryable is cls.retryable
     assert isinstance(back, LakehouseError)
 
@@ -47,8 +47,8 @@ def test_retryable_only_where_a_retry_can_help() -> None:
         assert cls("x").retryable is False
 
 
-def test_message_names_the_table_else_the_path_else_the_source() -> None:
-    assert str(TableError("boom", table="silver.orders", path="p")) == "silver.orders: boom"
+def test_message_names_the_table_and_the_path_else_the_source() -> None:
+    assert str(TableError("boom", table="silver.orders", path="p")) == "silver.orders (p): boom"
     assert str(SourceFileError("unreadable", path="raw/x.csv", source="x")) == "raw/x.csv: unreadable"
     assert str(SourceFileError("unreadable", source="orders")) == "orders: unreadable"
     assert str(ConfigError("bad setting")) == "bad setting"
@@ -65,8 +65,8 @@ def test_about_names_the_table_once_and_survives_pickling() -> None:
     # then the first table name sticks, in the context and the message, also after pickling
     assert back.table == "bronze.orders"
     assert back.path == "raw/orders/a.csv"
-    assert str(back) == "bronze.orders: empty file"
-    assert back.args == ("bronze.orders: empty file",)
+    assert str(back) == "bronze.orders (raw/orders/a.csv): empty file"
+    assert back.args == ("bronze.orders (raw/orders/a.csv): empty file",)
 
 
 def test_copy_and_missing_attributes() -> None:

@@ -45,7 +45,6 @@ def test_quote_meta(sql: str, quoted: str) -> None:
     assert _quote_meta(sql) == quoted
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _quote_meta also rewrites '_meta.' inside string literals")
 def test_quote_meta_leaves_string_literals_alone() -> None:
     assert _quote_meta("SELECT * FROM _meta.runs WHERE message = 'see _meta.runs'") == (
         "SELECT * FROM \"_meta\".runs WHERE message = 'see _meta.runs'"
