@@ -75,6 +75,9 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             if m["kind"] == "staged":
                 f = DataFile.from_json(m["file"])
                 by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
+        owners, moved = _key_owners(storage, spec, base, staging, by_partition, full_refresh=ctx.full_refresh)
+        for key in moved:
+            by_partition.setdefault(key, [])
         replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
         merges: list[dict[str, Any]] = [
             {
@@ -84,7 +87,8 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             }
             for key, paths in by_partition.items()
         ]
-        merged = engine.collect(engine.run_tasks(merges, _merge_partition, fn_kwargs={**common, "staging": staging}))
+        kwargs = {**common, "staging": staging, "owners": owners}
+        merged = engine.collect(engine.run_tasks(merges, _merge_partition, fn_kwargs=kwargs))
         result.files_in = len(new_files)
         result.partitions = len(merges)
         result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
@@ -120,6 +124,39 @@ def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> 
     return [f for f in source.files if f.path not in seen]
 
 
+def _key_owners(
+    storage: Storage,
+    spec: SilverSpec,
+    base: table.Snapshot,
+    staging: str,
+    by_partition: dict[str, list[str]],
+    *,
+    full_refresh: bool,
+) -> tuple[Any, set[str]]:
+    """Which partition each key belongs to after this batch, where a key could end up in two.
+
+    A key's latest row decides its partition: a correction can move a row to another month, and one batch can hold
+    a key in two months. Returns a broadcast ref of ``keys + __owner`` (None when no key can be in two partitions)
+    and the partitions outside this batch that hold an older row of a key the batch moved elsewhere.
+    """
+    if not spec.partition or not by_partition:
+        return None, set()
+    others = [] if full_refresh else [f for f in base.files if _partition_key(f) not in by_partition]
+    staged = [{"path": p, "partition_values": json.loads(k)} for k, paths in by_partition.items() for p in paths]
+    owners = engine.broadcast(_owners_of_staged, storage, spec, staging, staged, all_keys=bool(others))
+    if not others:
+        return owners, set()
+    hits = engine.collect(
+        engine.run_tasks([_file_item(f) for f in others], _moved_away, fn_kwargs={
+            "storage": storage, "spec": spec, "owners": owners})
+    )
+    return owners, {h["partition"] for h in hits if h["partition"]}
+
+
+def _partition_key(f: TableFile) -> str:
+    return json.dumps(f.partition_values, sort_keys=True)
+
+
 def _replaced_files(base: table.Snapshot, spec: SilverSpec, keys: list[str], *, full_refresh: bool) -> list[TableFile]:
     """The current files a commit replaces: every file on a full refresh, else those of the touched partitions."""
     if full_refresh:
@@ -140,6 +177,40 @@ def _file_item(f: TableFile) -> dict[str, Any]:
 
 
 # --- worker side -------------------------------------------------------------------------------------------------
+
+
+def _owners_of_staged(
+    storage: Storage, spec: SilverSpec, staging: str, files: list[dict[str, Any]], *, all_keys: bool
+) -> pl.DataFrame:
+    """``keys + __owner`` (the partition of the key's latest staged row): every staged key when ``all_keys``, else
+    only the keys staged in more than one partition. Reads keys first, lineage only for keys in two partitions."""
+    assert spec.partition
+    keys, part = list(spec.keys), spec.partition.column
+    df = read_files(storage, staging, files, columns=[*keys, part], partition_types={part: pl.String})
+    owners = df.unique().rename({part: "__owner"})
+    split = owners.group_by(keys).agg(pl.len().alias("__n")).filter(pl.col("__n") > 1).drop("__n")
+    if split.height:
+        columns = [*keys, part, *LINEAGE]
+        lineage = read_files(storage, staging, files, columns=columns, partition_types={part: pl.String})
+        latest = (
+            lineage.join(split, on=keys, how="semi")
+            .sort(list(LINEAGE), maintain_order=True)
+            .unique(subset=keys, keep="last", maintain_order=True)
+            .select(*keys, pl.col(part).alias("__owner"))
+        )
+        owners = pl.concat([owners.join(split, on=keys, how="anti"), latest])
+    return owners if all_keys else owners.join(split, on=keys, how="semi")
+
+
+def _moved_away(item: dict[str, Any], *, storage: Storage, spec: SilverSpec, owners: Any) -> pa.Table:
+    """Does this existing file hold a key whose latest row now belongs to another partition?"""
+    keys = list(spec.keys)
+    owner: pl.DataFrame = engine.fetch(owners)
+    here = item["partition_values"]
+    df = read_files(storage, ref(spec.name).rel, [item], columns=keys)
+    hit = df.join(owner, on=keys, how="inner").filter(pl.col("__owner") != next(iter(here.values()))).height
+    partition = json.dumps(here, sort_keys=True) if hit else None
+    return pa.table({"partition": [partition]}, schema=pa.schema([("partition", pa.string())]))
 
 
 def _validate_file(
@@ -199,18 +270,39 @@ def _write_rejected(
     return write_data_file(storage, quarantine.ref(spec.name).rel, q, prefix=f"part-{run_id}")
 
 
+def _frame(data: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(data)
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
 def _merge_partition(
-    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, run_id: str, staging: str, max_rows: int
+    item: dict[str, Any],
+    *,
+    storage: Storage,
+    spec: SilverSpec,
+    run_id: str,
+    staging: str,
+    max_rows: int,
+    owners: Any,
 ) -> pa.Table:
     values = item["partition_values"]
     staged = read_files(storage, staging, [{"path": p, "partition_values": values} for p in item["staged"]])
+    if not item["staged"]:  # a partition rewritten only because a key moved out of it
+        staged = _frame(without(arrow_schema(spec), [spec.partition.column] if spec.partition else []).empty_table())
     existing = read_files(storage, ref(spec.name).rel, item["existing"])
     frames = [staged.with_columns(pl.lit(True).alias("__new"))]
     if existing.height:
         frames.insert(0, existing.with_columns(pl.lit(False).alias("__new")))
+    candidates = pl.concat(frames, how="vertical_relaxed")
+    if owners is not None:
+        # Rows whose key's latest row belongs to another partition leave this one.
+        owner: pl.DataFrame = engine.fetch(owners)
+        here = next(iter(values.values()))
+        elsewhere = owner.filter(pl.col("__owner") != here).drop("__owner")
+        candidates = candidates.join(elsewhere, on=list(spec.keys), how="anti")
     merged = (
-        pl.concat(frames, how="vertical_relaxed")
-        .sort(list(LINEAGE), maintain_order=True)
+        candidates.sort(list(LINEAGE), maintain_order=True)
         .unique(subset=list(spec.keys), keep="last", maintain_order=True)
     )
     kept = int(merged.get_column("__new").sum())

@@ -85,11 +85,6 @@ def test_updates_replace_and_in_run_copies_are_counted(lake_copy: Callable[[], L
     assert pl.read_delta(str(lake.root / "silver/orders")).height == silver_before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: silver dedups keys only inside the touched partitions; an update that moves a row to another "
-    "partition (a corrected o_orderdate / l_shipdate) leaves the old version in its old partition",
-)
 def test_an_update_that_moves_a_row_to_another_month_replaces_it(lake_copy: Callable[[], Lake]) -> None:
     # given a processed lake and an order of January 1992
     lake = lake_copy()
@@ -107,6 +102,28 @@ def test_an_update_that_moves_a_row_to_another_month_replaces_it(lake_copy: Call
     assert rows.select("o_totalprice", "order_month").to_dicts() == [
         {"o_totalprice": 99.99, "order_month": dt.date(1992, 2, 1)}
     ]
+
+
+def test_one_key_landed_in_two_months_in_one_run_keeps_only_the_latest(lake_copy: Callable[[], Lake]) -> None:
+    # given a new order landed twice in one batch: first dated March, then (a later file) corrected to April
+    lake = lake_copy()
+    base = pl.read_csv(lake.raw / "orders/1992-03/part-0.csv", infer_schema=False).row(0, named=True)
+    first = {**base, "o_orderkey": str(NEW_KEY + 7), "o_orderdate": "1992-03-20", "o_totalprice": "10.00"}
+    later = {**first, "o_orderdate": "1992-04-02", "o_totalprice": "20.00"}
+    pl.DataFrame([first]).write_csv(lake.raw / "orders/1992-03/part-5.csv")
+    pl.DataFrame([later]).write_csv(lake.raw / "orders/1992-04/part-5.csv")
+
+    # when one run processes both
+    report = lakehouse.run(lake.settings)
+
+    # then silver holds only the later row, in April, and the earlier one is counted as a duplicate
+    assert report.ok, report.error
+    rows = _silver_orders(lake, NEW_KEY + 7)
+    assert rows.select("o_totalprice", "order_month").to_dicts() == [
+        {"o_totalprice": 20.0, "order_month": dt.date(1992, 4, 1)}
+    ]
+    s = report.result("silver.orders")
+    assert (s.rows_in, s.rows_written, s.rows_duplicate) == (2, 1, 1)
 
 
 def test_gold_after_incremental_corrections_equals_a_full_rebuild(lake_copy: Callable[[], Lake]) -> None:
