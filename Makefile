@@ -7,14 +7,24 @@ BIN := $(VENV)/bin
 # Reinstall only when the dependencies change.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo up down test test-fast lint
+.PHONY: venv demo up down test test-fast lint constraints
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -e ".[test]"
+	@# The pip that ships with python3.11 (23.x) backtracks for ages over this dependency set; a current one does not.
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --upgrade pip
+	@# constraints.txt pins the set verified together: without it pip's resolver backtracks through botocore
+	@# releases for more than ten minutes on a fresh machine.
+	$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $@
+
+# Re-pin after changing dependencies in pyproject.toml (then commit constraints.txt).
+constraints:
+	$(BIN)/python -m pip install --disable-pip-version-check --upgrade -e ".[test]"
+	{ head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # SF (scale factor, default 0.1) and ROOT (default ./lakehouse-data) are passed through to infra/demo.sh.
 demo: venv
