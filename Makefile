@@ -13,7 +13,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# The pip that ships with python3.11 (23.x) backtracks for ages over this dependency set; a current one does not.
+	@# The pip that ships with python3.11 is 23.x; a current one resolves faster and reports conflicts better.
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet --upgrade pip
 	@# constraints.txt pins the set verified together: without it pip's resolver backtracks through botocore
 	@# releases for more than ten minutes on a fresh machine.
