@@ -17,8 +17,16 @@ export DO_NOT_TRACK=1
 # The worker polls every second instead of every 10: a run starts within a few seconds.
 export PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-1}"
 
-# Ray's sockets live under its temp dir, whose path must stay short: one dir per stack (port), reused by every run.
-export LAKEHOUSE_RAY_TEMP_DIR="${LAKEHOUSE_RAY_TEMP_DIR:-/tmp/lakehouse-ray-$LAKEHOUSE_PREFECT_PORT}"
+# Ray's temp dir holds its sockets, and a socket path may not exceed 107 bytes: keep it under .run/ when the checkout's
+# path is short enough, else in /tmp (one dir per stack, reused by every run).
+if [[ -z "${LAKEHOUSE_RAY_TEMP_DIR:-}" ]]; then
+    if [[ ${#LAKEHOUSE_RUN_DIR} -le 32 ]]; then
+        LAKEHOUSE_RAY_TEMP_DIR="$LAKEHOUSE_RUN_DIR/ray"
+    else
+        LAKEHOUSE_RAY_TEMP_DIR="/tmp/lakehouse-ray-$LAKEHOUSE_PREFECT_PORT"
+    fi
+fi
+export LAKEHOUSE_RAY_TEMP_DIR
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=disabled
 
