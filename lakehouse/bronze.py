@@ -153,10 +153,10 @@ def _ingest_file(
     n = rows.num_rows
     when = dt.datetime.fromisoformat(ingested_at)
     lineage = {
-        "_source_file": pa.array([path] * n, pa.string()),
+        "_source_file": pa.repeat(pa.scalar(path, pa.string()), n),
         "_source_line": pa.array(lines, pa.int64()),
-        "_ingested_at": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
-        "_run_id": pa.array([run_id] * n, pa.string()),
+        "_ingested_at": pa.repeat(pa.scalar(when, pa.timestamp("us", tz="UTC")), n),
+        "_run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
     }
     for name, column in lineage.items():
         rows = rows.append_column(name, column)
