@@ -189,17 +189,3 @@ def fetch(ref: Any) -> Any:
             _fetched.clear()
         _fetched[key] = ray.get(ref)
     return _fetched[key]
-
-
-def run_remote(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn`` as one Ray task and wait for its (small) result."""
-    _ensure_ray()
-    import ray
-
-    try:
-        return ray.get(ray.remote(num_cpus=1)(fn).remote(*args, **kwargs))
-    except Exception as e:
-        ours = _find_ours(e)
-        if ours is not None:
-            raise ours from e
-        raise

@@ -210,15 +210,6 @@ def _check_files_exist(storage: Storage, ref: TableRef, adds: list[DataFile]) ->
         raise TableError(f"{len(missing)} written files are missing, e.g. {missing[0]}", table=str(ref))
 
 
-def last_commit_metadata(storage: Storage, ref: TableRef) -> dict[str, Any]:
-    """Our metadata keys (without prefix) of the latest commit."""
-    dt = _open(storage, ref)
-    if dt is None:
-        return {}
-    info = dt.history(1)[0]
-    return {k[len(META_PREFIX) :]: v for k, v in info.items() if k.startswith(META_PREFIX)}
-
-
 def append_rows(storage: Storage, ref: TableRef, rows: pa.Table) -> None:
     """Append a small driver-side table (run records, rejected files); data tables never come through here."""
     write_deltalake(
