@@ -1,4 +1,8 @@
-"""Peak resident memory of this process and all its descendants (Ray's raylet, GCS and workers), read from /proc."""
+"""Peak memory of this process and all its descendants (Ray's raylet, GCS and workers), read from /proc.
+
+Summed as PSS (proportional set size): Ray's object store is shared memory mapped into several processes, and a sum
+of RSS would count those pages once per process.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ def _tree_rss(root: int) -> int:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
             parents[int(entry.name)] = int(fields[1])
-            rss[int(entry.name)] = int(fields[21]) * page
+            rss[int(entry.name)] = _pss(entry) or int(fields[21]) * page
         except (OSError, ValueError):
             continue
     total, stack = 0, [root]
@@ -33,8 +37,15 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-class PeakRSS:
-    """Samples the process tree's RSS every ``interval`` seconds while in the ``with`` block."""
+def _pss(proc: Path) -> int:
+    for line in (proc / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakMemory:
+    """Samples the process tree's PSS every ``interval`` seconds while in the ``with`` block."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
@@ -47,7 +58,7 @@ class PeakRSS:
             self.peak = max(self.peak, _tree_rss(os.getpid()))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -63,6 +74,6 @@ def gib(n: int) -> str:
 
 def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
-    with PeakRSS() as mem:
+    with PeakMemory() as mem:
         out = fn(*args, **kwargs)
     return out, time.perf_counter() - start, mem.peak

@@ -8,7 +8,7 @@ Arms, each run in this script on the same landed CSV files:
   deltalake (no validation, no quarantine, no incrementality);
 * lakehouse: the engine (bronze → silver → gold on Ray, Pandera validation, partition overwrite, run records);
 * lakehouse rerun: the same with nothing new landed.
-Prints wall time, peak RSS of the whole process tree, and the ratio to each baseline.
+Prints wall time, peak memory (PSS) of the whole process tree, and the ratio to each baseline.
 """
 
 from __future__ import annotations
