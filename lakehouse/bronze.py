@@ -86,9 +86,7 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     result.rows_written = sum(f.rows for f in data)
     result.rows_quarantined = sum(f.rows for f in rejected)
     info = {"run_id": ctx.run_id, "stage": "bronze", "files": len(pending)}
-    if rejected:
-        qsnap = table.snapshot(storage, quarantine.ref(source))
-        table.commit(storage, qsnap, schema=quarantine.SCHEMA, adds=rejected, metadata=info)
+    quarantine.commit(storage, source, rejected, stage="bronze", replace=False, metadata=info)
     result.version = table.commit(storage, base, schema=bronze_schema(columns), adds=data, metadata=info)
     return result.finish("committed")
 
@@ -184,7 +182,7 @@ def _ingest_file(
             source_lines=[b[0] for b in bad],
             run_id=run_id,
         )
-        qfile = write_data_file(storage, quarantine.ref(source).rel, q, prefix=f"part-{run_id}")
+        qfile = quarantine.write(storage, source, q, stage="bronze", source_file=path, run_id=run_id)
         out.append({"kind": "quarantine", "file": qfile.to_json(), "landed": path, "raw_rows": 0, "columns": "[]"})
     return pa.Table.from_pylist(out, schema=META)
 

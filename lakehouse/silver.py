@@ -23,7 +23,7 @@ import pyarrow as pa
 from lakehouse import bronze, engine, quarantine, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import SchemaMismatch
-from lakehouse.files import DataFile, partition_value, write_data_file
+from lakehouse.files import DataFile, partition_value
 from lakehouse.frames import POLARS_TO_ARROW, read_files, without, write_frame
 from lakehouse.spec import SilverSpec
 from lakehouse.storage import Storage
@@ -97,9 +97,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         result.rows_written = sum(m["kept"] for m in merged)
         result.rows_duplicate = new_in - result.rows_written
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
-        if rejected:
-            qsnap = table.snapshot(storage, quarantine.ref(spec.name))
-            table.commit(storage, qsnap, schema=quarantine.SCHEMA, adds=rejected, metadata=info)
+        quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
         result.version = table.commit(
             storage,
@@ -267,7 +265,8 @@ def _write_rejected(
         source_lines=rows.get_column("_source_line").to_list(),
         run_id=run_id,
     )
-    return write_data_file(storage, quarantine.ref(spec.name).rel, q, prefix=f"part-{run_id}")
+    landed = rows.get_column("_source_file")[0]
+    return quarantine.write(storage, spec.name, q, stage="silver", source_file=landed, run_id=run_id)
 
 
 def _frame(data: pa.Table) -> pl.DataFrame:
