@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import json
+import logging
 import posixpath
 from typing import Any
 
@@ -34,6 +35,7 @@ LINEAGE = pa.schema(
         ("_run_id", pa.string()),
     ]
 )
+log = logging.getLogger("lakehouse")
 FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json", ".parquet": "parquet"}
 META = pa.schema(
     [
@@ -54,16 +56,18 @@ def file_format(path: str) -> str | None:
     return FORMATS.get(posixpath.splitext(path)[1].lower())
 
 
-def pending_files(storage: Storage, source: str) -> list[dict[str, Any]]:
-    """Landed files of ``source`` not yet in bronze, oldest path first (the order they are read and ranked in)."""
+def pending_files(storage: Storage, source: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Landed files of ``source`` not yet in bronze, by path (the order they are read and ranked in), and the landed
+    files skipped because their extension names no format we read."""
     snap = table.snapshot(storage, ref(source))
     done = {f.mins.get("_source_file") for f in snap.files}
-    landed = storage.list_files(f"raw/{source}")
-    return [
+    landed = sorted(storage.list_files(f"raw/{source}"), key=lambda f: f.path)
+    pending = [
         {"path": f.path, "size": f.size, "format": file_format(f.path)}
-        for f in sorted(landed, key=lambda f: f.path)
+        for f in landed
         if f.path not in done and file_format(f.path) is not None
     ]
+    return pending, [f.path for f in landed if file_format(f.path) is None]
 
 
 def ingest(ctx: RunContext, source: str) -> StageResult:
@@ -71,9 +75,13 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
-    pending = pending_files(storage, source)
+    pending, unknown = pending_files(storage, source)
+    note = ""
+    if unknown:
+        note = f"ignored {len(unknown)} landed file(s) of unknown format, e.g. {unknown[0]}"
+        log.warning("%s: %s", result.table, note)
     if not pending:
-        return result.finish("skipped", "no new files")
+        return result.finish("skipped", "; ".join(filter(None, ["no new files", note])))
     expected = _data_columns(base.schema) if base.exists else None
     kwargs = {"storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat()}
     kwargs["expected"] = expected
@@ -88,7 +96,7 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     info = {"run_id": ctx.run_id, "stage": "bronze", "files": len(pending)}
     quarantine.commit(storage, source, rejected, stage="bronze", replace=False, metadata=info)
     result.version = table.commit(storage, base, schema=bronze_schema(columns), adds=data, metadata=info)
-    return result.finish("committed")
+    return result.finish("committed", note)
 
 
 def bronze_schema(columns: list[str]) -> pa.Schema:

@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         line = (f"{r.table:<34} {r.status:<9} in={r.rows_in:<9} written={r.rows_written:<9} "
                 f"quarantined={r.rows_quarantined:<6} duplicate={r.rows_duplicate:<6} "
                 f"version={'' if r.version is None else r.version:<4} {r.seconds:6.1f}s")
-        print(line)
+        print(f"{line}  {r.message}" if r.message and r.status != "failed" else line)
     if report.error is not None:
         print(f"error: {report.error}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,7 +52,7 @@ def ray_session(settings: RaySettings) -> Iterator[None]:
             ray.shutdown()
 
 
-_session: dict[str, Any] = {"active": False, "settings": None, "started": False}
+_session: dict[str, Any] = {"active": False, "settings": None, "started": False, "start_seconds": 0.0}
 
 
 def _ray_running() -> bool:
@@ -65,6 +66,7 @@ def _ensure_ray() -> None:
     settings: RaySettings | None = _session["settings"]
     if settings is None:
         raise ConfigError("Ray is not available here: run engine work inside engine.ray_session(...)")
+    began = time.monotonic()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not settings.address:
@@ -90,6 +92,12 @@ def _ensure_ray() -> None:
         )
     _session["started"] = True
     _quiet_data_context()
+    _session["start_seconds"] += time.monotonic() - began
+
+
+def start_seconds() -> float:
+    """Seconds this process has spent starting Ray (stages report it, so a first stage does not look slow)."""
+    return float(_session["start_seconds"])
 
 
 def _quiet_data_context() -> None:

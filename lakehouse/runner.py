@@ -62,10 +62,14 @@ def record(ctx: RunContext, results: list[StageResult]) -> None:
 
 
 def _guarded(table: str, stage: Callable[[], StageResult]) -> StageResult:
+    ray_before = engine.start_seconds()
     try:
         result = stage()
     except LakehouseError as e:
         raise e.about(table) from e.__cause__
+    ray_start = engine.start_seconds() - ray_before
+    if ray_start:
+        result.message = "; ".join(filter(None, [result.message, f"includes starting Ray ({ray_start:.1f}s)"]))
     log.info(
         "%s: %s in %.1fs (in=%d written=%d quarantined=%d duplicate=%d version=%s)",
         result.table, result.status, result.seconds, result.rows_in, result.rows_written,
