@@ -11,6 +11,8 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
+# Money and quantities are finite: the bound rejects inf (and NaN), which pass a bare ">= 0".
+MAX_AMOUNT = 1e15
 ORDER_STATUS = ["F", "O", "P"]
 RETURN_FLAGS = ["A", "N", "R"]
 LINE_STATUS = ["F", "O"]
@@ -35,7 +37,7 @@ class Customer(pa.DataFrameModel):
     c_address: pl.String = pa.Field(nullable=True)
     c_nationkey: pl.Int64 = pa.Field(ge=0)
     c_phone: pl.String = pa.Field(nullable=True)
-    c_acctbal: pl.Float64
+    c_acctbal: pl.Float64 = pa.Field(gt=-MAX_AMOUNT, lt=MAX_AMOUNT)
     c_mktsegment: pl.String = pa.Field(nullable=True)
     c_comment: pl.String = pa.Field(nullable=True)
 
@@ -44,7 +46,7 @@ class Orders(pa.DataFrameModel):
     o_orderkey: pl.Int64 = pa.Field(ge=0)
     o_custkey: pl.Int64 = pa.Field(ge=0)
     o_orderstatus: pl.String = pa.Field(isin=ORDER_STATUS)
-    o_totalprice: pl.Float64 = pa.Field(ge=0)
+    o_totalprice: pl.Float64 = pa.Field(ge=0, lt=MAX_AMOUNT)
     o_orderdate: pl.Date
     o_orderpriority: pl.String = pa.Field(nullable=True)
     o_clerk: pl.String = pa.Field(nullable=True)
@@ -57,8 +59,8 @@ class Lineitem(pa.DataFrameModel):
     l_partkey: pl.Int64 = pa.Field(ge=0)
     l_suppkey: pl.Int64 = pa.Field(ge=0)
     l_linenumber: pl.Int64 = pa.Field(ge=1)
-    l_quantity: pl.Float64 = pa.Field(ge=0)
-    l_extendedprice: pl.Float64 = pa.Field(ge=0)
+    l_quantity: pl.Float64 = pa.Field(ge=0, lt=MAX_AMOUNT)
+    l_extendedprice: pl.Float64 = pa.Field(ge=0, lt=MAX_AMOUNT)
     l_discount: pl.Float64 = pa.Field(ge=0, le=1)
     l_tax: pl.Float64 = pa.Field(ge=0, le=1)
     l_returnflag: pl.String = pa.Field(isin=RETURN_FLAGS)

@@ -165,7 +165,8 @@ def reference_rejects(row: dict[str, str | None]) -> bool:
         return True
     if key is None or cust is None or price is None or date is None:
         return True
-    return key < 0 or cust < 0 or price < 0 or row["o_orderstatus"] not in ("F", "O", "P")
+    too_big = price >= 1e15  # schemas.tpch.MAX_AMOUNT: money is finite
+    return key < 0 or cust < 0 or price < 0 or too_big or row["o_orderstatus"] not in ("F", "O", "P")
 
 
 _BAD_NUMBER = st.sampled_from(["abc", "1.5", "12a", "1_000", "9" * 25, "0x10", "--1", "1,5", "nan", ""])
@@ -223,3 +224,19 @@ def test_property_rows_are_rejected_exactly_when_a_rule_fails(rows: list[dict[st
     assert split.valid.get_column("o_totalprice").to_list() == [_float(r["o_totalprice"])[1] for r in kept]
     assert split.valid.get_column("o_orderdate").to_list() == [_date(r["o_orderdate"])[1] for r in kept]
     assert split.valid.schema == pl.Schema(model_dtypes(Orders))
+
+
+def test_infinite_and_nan_amounts_are_rejected() -> None:
+    # given orders whose total price is not a finite number
+    good = {"o_orderkey": "1", "o_custkey": "1", "o_orderstatus": "F", "o_totalprice": "1.5",
+            "o_orderdate": "1995-01-01", "o_orderpriority": "a", "o_clerk": "c", "o_shippriority": "0",
+            "o_comment": "z"}
+    rows = [good] + [{**good, "o_totalprice": v} for v in ("inf", "-inf", "NaN")]
+
+    split = split_valid(pl.DataFrame(rows), Orders)
+
+    # then only the finite one is valid, and each other one is rejected on o_totalprice with its landed value
+    assert split.valid.height == 1
+    assert split.rejected.select("column", "value").to_dicts() == [
+        {"column": "o_totalprice", "value": v} for v in ("inf", "-inf", "NaN")
+    ]
