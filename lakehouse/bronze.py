@@ -56,10 +56,10 @@ def file_format(path: str) -> str | None:
     return FORMATS.get(posixpath.splitext(path)[1].lower())
 
 
-def pending_files(storage: Storage, source: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Landed files of ``source`` not yet in bronze, by path (the order they are read and ranked in), and the landed
-    files skipped because their extension names no format we read."""
-    snap = table.snapshot(storage, ref(source))
+def pending_files(storage: Storage, snap: table.Snapshot) -> tuple[list[dict[str, Any]], list[str]]:
+    """Landed files of the bronze table's source not in ``snap`` yet, by path (the order they are read and ranked
+    in), and the landed files skipped because their extension names no format we read."""
+    source = snap.ref.name
     done = {f.mins.get("_source_file") for f in snap.files}
     landed = sorted(storage.list_files(f"raw/{source}"), key=lambda f: f.path)
     pending = [
@@ -75,7 +75,7 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
-    pending, unknown = pending_files(storage, source)
+    pending, unknown = pending_files(storage, base)
     note = ""
     if unknown:
         note = f"ignored {len(unknown)} landed file(s) of unknown format, e.g. {unknown[0]}"
