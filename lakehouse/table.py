@@ -72,9 +72,6 @@ class Snapshot:
     def exists(self) -> bool:
         return self.version is not None
 
-    def partitions(self) -> set[tuple[str | None, ...]]:
-        return {tuple(f.partition_values.get(c) for c in self.partition_by) for f in self.files}
-
     def files_in(self, partitions: Iterable[tuple[str | None, ...]] | None) -> list[TableFile]:
         """Files of the given partitions (all files when ``partitions`` is None)."""
         if partitions is None:

@@ -93,7 +93,6 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
             lineitem.file_items(), _revenue_partial, fn_kwargs={"storage": storage, "orders": selected}
         )
         meta += engine.collect(engine.combine(partials, _revenue_final, fn_kwargs=kwargs))
-    result.partitions = len(months) if months is not None else len(orders.snap.partitions())
     return gold.commit(ctx, spec, result, schema=REVENUE_SCHEMA, meta=meta, removes=removes, base=base, ins=ins)
 
 
