@@ -121,7 +121,6 @@ def run_tasks(
     fn: Callable[..., pa.Table],
     *,
     fn_kwargs: dict[str, Any] | None = None,
-    num_cpus: float = 1,
 ) -> Any:
     """A lazy Ray Dataset over ``items``; ``fn(item, **fn_kwargs)`` runs on a worker and returns a table."""
     _ensure_ray()
@@ -138,7 +137,6 @@ def run_tasks(
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
-        num_cpus=num_cpus,
     )
 
 

@@ -57,7 +57,7 @@ class Input:
 
     def file_items(self, partitions: set[tuple[str | None, ...]] | None = None) -> list[dict[str, Any]]:
         files = self.snap.files_in(partitions)
-        return [{"path": f.path, "partition_values": f.partition_values} for f in files]
+        return [f.item() for f in files]
 
 
 def inputs(ctx: RunContext, spec: GoldSpec) -> dict[str, Input]:

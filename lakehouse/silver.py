@@ -83,7 +83,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             {
                 "partition_values": json.loads(key),
                 "staged": paths,
-                "existing": [] if ctx.full_refresh else [_file_item(f) for f in _in_partition(base, key, spec)],
+                "existing": [] if ctx.full_refresh else [f.item() for f in _in_partition(base, key, spec)],
             }
             for key, paths in by_partition.items()
         ]
@@ -145,7 +145,7 @@ def _key_owners(
     if not others:
         return owners, set()
     hits = engine.collect(
-        engine.run_tasks([_file_item(f) for f in others], _moved_away, fn_kwargs={
+        engine.run_tasks([f.item() for f in others], _moved_away, fn_kwargs={
             "storage": storage, "spec": spec, "owners": owners})
     )
     return owners, {h["partition"] for h in hits if h["partition"]}
@@ -159,19 +159,13 @@ def _replaced_files(base: table.Snapshot, spec: SilverSpec, keys: list[str], *, 
     """The current files a commit replaces: every file on a full refresh, else those of the touched partitions."""
     if full_refresh:
         return list(base.files)
-    if not spec.partition:
-        return list(base.files) if keys else []
-    return base.files_in([tuple(json.loads(k).values()) for k in keys])
+    return [f for key in keys for f in _in_partition(base, key, spec)]
 
 
 def _in_partition(base: table.Snapshot, key: str, spec: SilverSpec) -> list[TableFile]:
     if not spec.partition:
         return list(base.files)
     return base.files_in([tuple(json.loads(key).values())])
-
-
-def _file_item(f: TableFile) -> dict[str, Any]:
-    return {"path": f.path, "partition_values": f.partition_values}
 
 
 # --- worker side -------------------------------------------------------------------------------------------------

@@ -57,6 +57,10 @@ class TableFile:
     mins: dict[str, Any] = field(default_factory=dict)
     maxs: dict[str, Any] = field(default_factory=dict)
 
+    def item(self) -> dict[str, Any]:
+        """What a worker task needs to read the file (JSON-serialisable)."""
+        return {"path": self.path, "partition_values": self.partition_values}
+
 
 @dataclass(frozen=True)
 class Snapshot:

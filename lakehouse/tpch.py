@@ -112,7 +112,7 @@ def _month_batches(files: list[table.TableFile], max_rows: int) -> list[list[dic
         if rows + n > max_rows:
             batches.append([])
             rows = 0
-        batches[-1].extend({"path": f.path, "partition_values": f.partition_values} for f in month_files)
+        batches[-1].extend(f.item() for f in month_files)
         rows += n
     return batches
 
