@@ -8,6 +8,7 @@ retries only errors that say a retry can help.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -71,28 +72,58 @@ def _logged(result: StageResult) -> StageResult:
 
 
 @flow(name="medallion", persist_result=False)
-def medallion(root: str | None = None, pipeline: str = "tpch", full_refresh: bool = False) -> list[StageResult]:
-    """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed."""
+def medallion(
+    root: str | None = None,
+    pipeline: str = "tpch",
+    full_refresh: bool = False,
+    from_month: str | None = None,
+    to_month: str | None = None,
+    batch_months: int = 12,
+) -> list[StageResult]:
+    """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed.
+
+    With ``from_month`` and ``to_month`` (``YYYY-MM``) it is a backfill instead: the silver partitions of those months
+    are rebuilt from bronze, then what they change in gold, ``batch_months`` months per commit (one task per table
+    per batch, never one per month).
+    """
     logger = get_run_logger()
     settings = lakehouse.settings_from_env(root, pipeline=pipeline)
     spec = lakehouse.pipeline(pipeline)
     ctx = RunContext.start(settings, full_refresh=full_refresh)
-    logger.info("run %s of pipeline %s on %s (full_refresh=%s)", ctx.run_id, pipeline, settings.root, full_refresh)
-
-    stages: list[tuple[str, Callable[..., StageResult], str]] = [
-        *((f"bronze.{s}", bronze, s) for s in spec.sources),
-        *((f"silver.{s.name}", silver, s.name) for s in spec.silver),
-        *((f"gold.{g.name}", gold, g.name) for g in spec.gold),
-    ]
+    stages: list[tuple[str, Callable[..., StageResult], RunContext, str]] = []
+    if from_month or to_month:
+        if not (from_month and to_month) or full_refresh:
+            raise lakehouse.ConfigError("a backfill needs both from_month and to_month, and no full_refresh")
+        months = lakehouse.runner.month_range(from_month, to_month)
+        batches = lakehouse.runner.backfill_batches(months, batch_months)
+        logger.info("run %s: backfill of %s..%s on %s in %d batch(es)", ctx.run_id, from_month, to_month,
+                    settings.root, len(batches))
+        for batch in batches:
+            bctx = dataclasses.replace(ctx, months=batch)
+            label = f"[{batch[0][:7]}..{batch[1][:7]}]"
+            stages += [(f"silver.{s.name}", silver.with_options(task_run_name=f"silver.{s.name}{label}"), bctx,
+                        s.name) for s in spec.silver if s.partition]
+            stages += [(f"gold.{g.name}", gold.with_options(task_run_name=f"gold.{g.name}{label}"), bctx, g.name)
+                       for g in spec.gold]
+    else:
+        logger.info("run %s of pipeline %s on %s (full_refresh=%s)", ctx.run_id, pipeline, settings.root,
+                    full_refresh)
+        stages += [(f"bronze.{s}", bronze, ctx, s) for s in spec.sources]
+        stages += [(f"silver.{s.name}", silver, ctx, s.name) for s in spec.silver]
+        stages += [(f"gold.{g.name}", gold, ctx, g.name) for g in spec.gold]
     results: list[StageResult] = []
     started = time.monotonic()
     # One Ray for the whole run (started on first use), shared by the stages; they run one at a time.
     with ray_session(settings.ray):
         try:
-            for table, stage, arg in stages:
-                results.append(_run_stage(table, stage, ctx, arg, results))
+            for table, stage, stage_ctx, arg in stages:
+                results.append(_run_stage(table, stage, stage_ctx, arg, results))
         finally:
             _report(ctx, results, time.monotonic() - started)
+    if any(r.status == "committed" for r in results):
+        swept = lakehouse.runner.sweep(ctx)
+        if swept.count or swept.staging:
+            logger.info("swept %d orphaned files and %d staging directories", swept.count, len(swept.staging))
     return results
 
 

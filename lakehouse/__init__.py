@@ -7,9 +7,10 @@ from lakehouse.errors import (
     LakehouseError,
     SchemaMismatch,
     SourceFileError,
+    StageError,
     TableError,
 )
-from lakehouse.runner import RunReport, build_gold, build_silver, ingest, pipeline, record, run
+from lakehouse.runner import RunReport, backfill, build_gold, build_silver, ingest, pipeline, record, run
 from lakehouse.settings import RaySettings, Settings, settings_from_env
 
 __all__ = [
@@ -22,8 +23,10 @@ __all__ = [
     "SchemaMismatch",
     "Settings",
     "SourceFileError",
+    "StageError",
     "StageResult",
     "TableError",
+    "backfill",
     "build_gold",
     "build_silver",
     "ingest",

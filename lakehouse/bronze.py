@@ -52,6 +52,11 @@ def ref(source: str) -> TableRef:
     return TableRef("bronze", source)
 
 
+def app_id(source: str) -> str:
+    """The bronze table's app transaction: how many landed files it holds (it only grows, one commit per batch)."""
+    return f"lakehouse/bronze.{source}"
+
+
 def file_format(path: str) -> str | None:
     return FORMATS.get(posixpath.splitext(path)[1].lower())
 
@@ -76,6 +81,9 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
     pending, unknown = pending_files(storage, base)
+    ingested = len({f.mins.get("_source_file") for f in base.files})
+    result.inputs = {f"raw.{source}": ingested + len(pending)}
+    result.version = base.version
     note = ""
     if unknown:
         note = f"ignored {len(unknown)} landed file(s) of unknown format, e.g. {unknown[0]}"
@@ -95,7 +103,10 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     result.rows_quarantined = sum(f.rows for f in rejected)
     info = {"run_id": ctx.run_id, "stage": "bronze", "files": len(pending)}
     quarantine.commit(storage, source, rejected, stage="bronze", replace=False, metadata=info)
-    result.version = table.commit(storage, base, schema=bronze_schema(columns), adds=data, metadata=info)
+    result.version = table.commit(
+        storage, base, schema=bronze_schema(columns), adds=data, metadata=info,
+        app_transactions={app_id(source): ingested + len(pending)},
+    )
     return result.finish("committed", note)
 
 

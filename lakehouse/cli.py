@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from lakehouse import demo, query, runner
+from lakehouse import demo, maintenance, query, runner
 from lakehouse.errors import LakehouseError
 from lakehouse.settings import settings_from_env
 from lakehouse.storage import Storage
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--full-refresh", action="store_true", help="rebuild silver and gold from bronze")
     run.set_defaults(func=_run)
 
+    bf = sub.add_parser("backfill", help="rebuild silver and gold for a range of months from bronze")
+    bf.add_argument("--from", dest="first", required=True, metavar="YYYY-MM", help="first month rebuilt")
+    bf.add_argument("--to", dest="last", required=True, metavar="YYYY-MM", help="last month rebuilt")
+    bf.add_argument("--batch-months", type=int, default=12, help="months per commit (default 12)")
+    bf.add_argument("--root")
+    bf.add_argument("--pipeline", default="tpch")
+    bf.set_defaults(func=_backfill)
+
     data = sub.add_parser("demo-data", help="generate TPC-H with tpchgen-cli and land it under ROOT/raw")
     data.add_argument("--root")
     data.add_argument("--scale-factor", type=float, default=0.1)
@@ -45,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--parts-per-month", type=int, default=1)
     data.add_argument("--months", type=int, default=None, help="land only the first N order months")
     data.set_defaults(func=_demo_data)
+
+    sw = sub.add_parser("sweep", help="delete files that no table version refers to (left by crashed runs)")
+    sw.add_argument("--root")
+    sw.add_argument("--retention-hours", type=float, default=24.0,
+                    help="only files older than this; longer than the longest run (default 24)")
+    sw.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    sw.set_defaults(func=_sweep)
 
     q = sub.add_parser("query", help="SQL (DuckDB) over the tables, addressed as layer.table")
     q.add_argument("sql")
@@ -57,7 +72,16 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_env(args.root, pipeline=args.pipeline)
     start = time.monotonic()
-    report = runner.run(settings, full_refresh=args.full_refresh)
+    return _report(runner.run(settings, full_refresh=args.full_refresh), start)
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    settings = settings_from_env(args.root, pipeline=args.pipeline)
+    start = time.monotonic()
+    return _report(runner.backfill(settings, args.first, args.last, batch_months=args.batch_months), start)
+
+
+def _report(report: runner.RunReport, start: float) -> int:
     for r in report.results:
         line = (f"{r.table:<34} {r.status:<9} in={r.rows_in:<9} written={r.rows_written:<9} "
                 f"quarantined={r.rows_quarantined:<6} duplicate={r.rows_duplicate:<6} "
@@ -80,6 +104,18 @@ def _demo_data(args: argparse.Namespace) -> int:
         months=args.months,
     )
     print(f"landed {landed.written} new files under {settings.root}/raw ({landed.skipped} already there)")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    storage = Storage.from_settings(settings_from_env(args.root))
+    found = maintenance.sweep(storage, retention_seconds=args.retention_hours * 3600, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for name, paths in sorted(found.files.items()):
+        print(f"{name}: {verb} {len(paths)} orphaned files")
+    for run_id in found.staging:
+        print(f"_staging/{run_id}: {verb} (run never finished)")
+    print(f"{verb} {found.count} files ({found.bytes} bytes) and {len(found.staging)} staging directories")
     return 0
 
 

@@ -26,11 +26,21 @@ class RunContext:
     run_id: str
     started_at: dt.datetime
     full_refresh: bool = False
+    # A backfill: the first days of the first and last month (ISO dates) whose partitions this run rebuilds.
+    months: tuple[str, str] | None = None
 
     @classmethod
-    def start(cls, settings: Settings, *, full_refresh: bool = False, run_id: str | None = None) -> RunContext:
+    def start(
+        cls,
+        settings: Settings,
+        *,
+        full_refresh: bool = False,
+        run_id: str | None = None,
+        months: tuple[str, str] | None = None,
+    ) -> RunContext:
         now = dt.datetime.now(dt.UTC)
-        return cls(settings=settings, run_id=run_id or new_run_id(now), started_at=now, full_refresh=full_refresh)
+        return cls(settings=settings, run_id=run_id or new_run_id(now), started_at=now, full_refresh=full_refresh,
+                   months=months)
 
     @property
     def storage(self) -> Storage:
@@ -53,6 +63,9 @@ class StageResult:
     message: str = ""
     files_in: int = 0
     partitions: int = 0
+    # The versions of the input tables this stage read ("bronze.orders" -> 7), so a user can ask which silver
+    # version a gold table was built from; bronze reads landed files and records how many it has ingested in all.
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def finish(self, status: Status, message: str = "") -> StageResult:
         self.status = status

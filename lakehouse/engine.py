@@ -19,15 +19,20 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
+from lakehouse import faults
 from lakehouse.errors import ConfigError, LakehouseError
 from lakehouse.settings import RaySettings
 
 _fetched: dict[str, Any] = {}
+# A task whose worker process dies (OOM killer, a lost node) is retried this many times, then the stage fails. Ray
+# Data's default is to retry such tasks forever, which turns a worker that always dies into a run that never ends.
+TASK_RETRIES = 3
 
 
 @contextlib.contextmanager
@@ -132,24 +137,40 @@ def run_tasks(
     # while 4 tasks per CPU still leaves room to balance uneven items.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * cpus)))
-    return ds.map_batches(
-        _apply_each,  # type: ignore[arg-type]
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
-    )
+    with _bounded_retries() as remote_args:
+        return ds.map_batches(
+            _apply_each,  # type: ignore[arg-type]
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
+            **remote_args,
+        )
+
+
+@contextlib.contextmanager
+def _bounded_retries() -> Iterator[dict[str, Any]]:
+    """Remote args that bound retries of tasks whose worker died. Ray 2.60 has no named parameter for this and warns
+    that ``ray_remote_args`` goes away in 2.64 (pyproject keeps Ray below it); the warning is silenced here."""
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning, message=".*ray_remote_args")
+        yield {"max_retries": TASK_RETRIES}
 
 
 def _apply_each(batch: pa.Table, fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any]) -> pa.Table:
+    faults.point(f"worker:{fn.__name__}")
     tables = [fn(json.loads(item), **fn_kwargs) for item in batch.column("item").to_pylist()]
     return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
 def combine(ds: Any, fn: Callable[..., pa.Table], *, fn_kwargs: dict[str, Any] | None = None) -> Any:
     """Coalesce all blocks of ``ds`` into one (no shuffle) and apply ``fn(table, **fn_kwargs)`` to it on a worker."""
-    return ds.repartition(1).map_batches(
-        fn, batch_size=None, batch_format="pyarrow", fn_kwargs=fn_kwargs or {}, zero_copy_batch=True
-    )
+    with _bounded_retries() as remote_args:
+        return ds.repartition(1).map_batches(
+            fn, batch_size=None, batch_format="pyarrow", fn_kwargs=fn_kwargs or {}, zero_copy_batch=True,
+            **remote_args,
+        )
 
 
 def collect(ds: Any) -> list[dict[str, Any]]:
@@ -181,12 +202,18 @@ def _find_ours(error: BaseException | None) -> LakehouseError | None:
     return None
 
 
+def original(error: BaseException) -> BaseException:
+    """The exception a task raised, out of Ray's wrapper (``RayTaskError`` renders as the whole remote traceback)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
 def broadcast(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Compute ``fn(*args, **kwargs)`` on a worker and keep the result in the object store; returns its ref."""
     _ensure_ray()
     import ray
 
-    return ray.remote(num_cpus=1)(fn).remote(*args, **kwargs)
+    return ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fn).remote(*args, **kwargs)
 
 
 def fetch(ref: Any) -> Any:

@@ -75,5 +75,10 @@ class TransientStorageError(LakehouseError):
     retryable = True
 
 
+class StageError(LakehouseError):
+    """A stage failed for a reason the engine did not anticipate: a worker that kept dying, a bug (context: table).
+    The original exception is its ``__cause__``."""
+
+
 class QueryError(LakehouseError):
     """A query over the tables failed (bad SQL or an unknown table)."""

@@ -71,6 +71,18 @@ def inputs(ctx: RunContext, spec: GoldSpec) -> dict[str, Input]:
     return found
 
 
+def versions(ins: dict[str, Input]) -> dict[str, int]:
+    """The silver versions a build reads, by input table name (``silver.orders``)."""
+    return {str(i.snap.ref): i.snap.version for i in ins.values() if i.snap.version is not None}
+
+
+def up_to_date(ctx: RunContext, spec: GoldSpec, result: StageResult, ins: dict[str, Input]) -> StageResult:
+    """Nothing changed in any input since the table was built: no work, no commit."""
+    result.inputs = versions(ins)
+    result.version = table.snapshot(ctx.storage, ref(spec.name)).version
+    return result.finish("skipped", "up to date")
+
+
 def commit(
     ctx: RunContext,
     spec: GoldSpec,
@@ -84,7 +96,8 @@ def commit(
 ) -> StageResult:
     """Commit the files the builder's workers wrote (``meta`` rows) as one version carrying every input's mark."""
     adds = [DataFile.from_json(m["file"]) for m in meta if m["file"]]
-    versions = {name: i.snap.version for name, i in ins.items() if i.snap.version is not None}
+    read = {name: i.snap.version for name, i in ins.items() if i.snap.version is not None}
+    result.inputs = versions(ins)
     result.rows_written = sum(a.rows for a in adds)
     result.partitions = len({tuple(a.partition_values.items()) for a in adds})
     result.version = table.commit(
@@ -94,8 +107,8 @@ def commit(
         adds=adds,
         removes=removes,
         partition_by=(spec.partition_column,) if spec.partition_column else (),
-        app_transactions={app_id(spec.name, n): v for n, v in versions.items()},
-        metadata={"run_id": ctx.run_id, "stage": "gold", "inputs": {f"silver.{n}": v for n, v in versions.items()}},
+        app_transactions={app_id(spec.name, n): v for n, v in read.items()},
+        metadata={"run_id": ctx.run_id, "stage": "gold", "inputs": result.inputs},
     )
     return result.finish("committed")
 

@@ -1,10 +1,17 @@
-"""The run record: one row per table per run in ``_meta.runs``, so "what did run X do?" is a query."""
+"""The run record: one row per table per run in ``_meta.runs``, so "what did run X do?" is a query.
+
+``version`` is the version the stage committed (or, when it had nothing to do, the version the table was at), and
+``inputs`` the versions of the tables it read, as JSON: "which silver version was gold built from?" is
+``SELECT inputs FROM _meta.runs WHERE table_name = 'gold.…'``.
+"""
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
-from lakehouse import table
+from lakehouse import faults, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.table import TableRef
 
@@ -27,6 +34,7 @@ SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("message", pa.string()),
         ("full_refresh", pa.bool_()),
+        ("inputs", pa.string()),
     ]
 )
 
@@ -53,7 +61,9 @@ def record(ctx: RunContext, results: list[StageResult]) -> None:
             "seconds": round(r.seconds, 3),
             "message": r.message,
             "full_refresh": ctx.full_refresh,
+            "inputs": json.dumps(r.inputs, sort_keys=True),
         }
         for r in results
     ]
+    faults.point(f"{REF}:before_commit")
     table.append_rows(ctx.storage, REF, pa.Table.from_pylist(rows, schema=SCHEMA))

@@ -8,13 +8,15 @@ watermarks).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
-from lakehouse import bronze, engine, gold, runlog, silver
+from lakehouse import bronze, engine, gold, maintenance, runlog, silver
 from lakehouse.context import RunContext, StageResult
-from lakehouse.errors import ConfigError, LakehouseError
+from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.settings import Settings
 from lakehouse.spec import Pipeline
 
@@ -44,32 +46,58 @@ class RunReport:
 
 
 def ingest(ctx: RunContext, source: str) -> StageResult:
-    return _guarded(str(bronze.ref(source)), lambda: bronze.ingest(ctx, source))
+    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, source))
 
 
 def build_silver(ctx: RunContext, name: str) -> StageResult:
     spec = pipeline(ctx.settings.pipeline).silver_spec(name)
-    return _guarded(str(silver.ref(name)), lambda: silver.build(ctx, spec))
+    return _guarded(ctx, str(silver.ref(name)), lambda: silver.build(ctx, spec))
 
 
 def build_gold(ctx: RunContext, name: str) -> StageResult:
     spec = pipeline(ctx.settings.pipeline).gold_spec(name)
-    return _guarded(str(gold.ref(name)), lambda: spec.build(ctx, spec))
+    return _guarded(ctx, str(gold.ref(name)), lambda: spec.build(ctx, spec))
 
 
 def record(ctx: RunContext, results: list[StageResult]) -> None:
     runlog.record(ctx, results)
 
 
-def _guarded(table: str, stage: Callable[[], StageResult]) -> StageResult:
+# A commit that lost a race is re-planned from the table as the winner left it; more than a few losses in a row means
+# something keeps writing to the table, and the run stops rather than spin.
+COMMIT_ATTEMPTS = 4
+
+
+def _guarded(ctx: RunContext, table: str, stage: Callable[[], StageResult]) -> StageResult:
+    """Run one stage; re-plan it when its commit lost a race (``CommitConflict``), name the table in any error.
+
+    A commit never retries blindly (it is made against the version the stage planned from, see ``table.commit``):
+    the stage starts over from the new version, and its watermark check finds what the winner already did. A stage
+    the winner already did completely ends "skipped" and says so.
+    """
     ray_before = engine.start_seconds()
-    try:
-        result = stage()
-    except LakehouseError as e:
-        raise e.about(table) from e.__cause__
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            result = stage()
+            break
+        except CommitConflict as e:
+            if attempt == COMMIT_ATTEMPTS:
+                raise e.about(table) from e.__cause__
+            log.warning("%s; re-planning (attempt %d of %d)", e.about(table), attempt + 1, COMMIT_ATTEMPTS)
+        except LakehouseError as e:
+            raise e.about(table) from e.__cause__
+        except Exception as e:
+            cause = engine.original(e)
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise StageError(f"{type(cause).__name__}: {first}", table=table) from e
+    notes = [f"backfill {ctx.months[0][:7]}..{ctx.months[1][:7]}" if ctx.months else "", result.message]
+    if attempt > 1:
+        done = "already done by a concurrent run" if result.status == "skipped" else "re-planned"
+        notes.append(f"{done} after {attempt - 1} lost commit race(s)")
     ray_start = engine.start_seconds() - ray_before
     if ray_start:
-        result.message = "; ".join(filter(None, [result.message, f"includes starting Ray ({ray_start:.1f}s)"]))
+        notes.append(f"includes starting Ray ({ray_start:.1f}s)")
+    result.message = "; ".join(filter(None, notes))
     log.info(
         "%s: %s in %.1fs (in=%d written=%d quarantined=%d duplicate=%d version=%s)",
         result.table, result.status, result.seconds, result.rows_in, result.rows_written,
@@ -82,18 +110,77 @@ def run(settings: Settings, *, full_refresh: bool = False, run_id: str | None = 
     """Everything landed and not yet processed, bronze → silver → gold, with Ray started once for the run."""
     spec = pipeline(settings.pipeline)
     ctx = RunContext.start(settings, full_refresh=full_refresh, run_id=run_id)
+    stages: list[Callable[[], StageResult]] = [partial(ingest, ctx, s) for s in spec.sources]
+    stages += [partial(build_silver, ctx, s.name) for s in spec.silver]
+    stages += [partial(build_gold, ctx, g.name) for g in spec.gold]
+    return _run_stages(ctx, stages)
+
+
+def backfill(
+    settings: Settings, first: str, last: str, *, batch_months: int = 12, run_id: str | None = None
+) -> RunReport:
+    """Rebuild the silver partitions of months ``first``..``last`` (``YYYY-MM``) from bronze, then what they change
+    in gold; in batches of ``batch_months`` months, each batch one commit per table.
+
+    Bronze is left as it is (files landed since the last run wait for the next one), and so are silver tables not
+    partitioned by month. The result equals a clean run over the same bronze: a rebuilt partition holds exactly the
+    rows a full refresh would put there.
+    """
+    spec = pipeline(settings.pipeline)
+    months = month_range(first, last)
+    if batch_months < 1:
+        raise ConfigError(f"batch_months must be at least 1, not {batch_months}")
+    ctx = RunContext.start(settings, run_id=run_id)
+    stages: list[Callable[[], StageResult]] = []
+    for batch in backfill_batches(months, batch_months):
+        bctx = RunContext(settings=settings, run_id=ctx.run_id, started_at=ctx.started_at, months=batch)
+        stages += [partial(build_silver, bctx, s.name) for s in spec.silver if s.partition]
+        stages += [partial(build_gold, bctx, g.name) for g in spec.gold]
+    return _run_stages(ctx, stages)
+
+
+def month_range(first: str, last: str) -> list[str]:
+    """Every month from ``first`` to ``last`` (``YYYY-MM``), as the ISO date of its first day."""
+    try:
+        lo, hi = (dt.date.fromisoformat(f"{m}-01") for m in (first, last))
+    except ValueError as e:
+        raise ConfigError(f"months are written YYYY-MM (got {first!r} and {last!r})") from e
+    if lo > hi:
+        raise ConfigError(f"the backfill range ends ({last}) before it starts ({first})")
+    months = []
+    while lo <= hi:
+        months.append(lo.isoformat())
+        lo = dt.date(lo.year + lo.month // 12, lo.month % 12 + 1, 1)
+    return months
+
+
+def backfill_batches(months: list[str], batch_months: int) -> list[tuple[str, str]]:
+    """Consecutive batches of at most ``batch_months`` months, each as (first month, last month)."""
+    chunks = [months[i : i + batch_months] for i in range(0, len(months), batch_months)]
+    return [(c[0], c[-1]) for c in chunks]
+
+
+def _run_stages(ctx: RunContext, stages: list[Callable[[], StageResult]]) -> RunReport:
+    """Run the stages in order under one Ray session, stop at the first failure, record the run whatever happens."""
     report = RunReport(run_id=ctx.run_id)
-    with engine.ray_session(settings.ray):
+    with engine.ray_session(ctx.settings.ray):
         try:
-            for source in spec.sources:
-                report.results.append(ingest(ctx, source))
-            for s in spec.silver:
-                report.results.append(build_silver(ctx, s.name))
-            for g in spec.gold:
-                report.results.append(build_gold(ctx, g.name))
+            for stage in stages:
+                report.results.append(stage())
         except LakehouseError as e:
             report.error = e
             report.results.append(StageResult(table=str(e.context.get("table", "?"))).finish("failed", str(e)))
         finally:
             record(ctx, report.results)
+    if report.ok and any(r.status == "committed" for r in report.results):
+        # What earlier crashed or outraced attempts left behind, once older than the retention.
+        sweep(ctx)
     return report
+
+
+def sweep(ctx: RunContext) -> maintenance.SweepReport:
+    found = maintenance.sweep(ctx.storage, retention_seconds=ctx.settings.orphan_retention_seconds)
+    if found.count or found.staging:
+        log.info("swept %d orphaned files (%d bytes) and %d staging directories", found.count, found.bytes,
+                 len(found.staging))
+    return found

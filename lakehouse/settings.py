@@ -38,6 +38,13 @@ class Settings:
     target_file_rows: int = 1_000_000
     # The most rows broadcast to every worker for a join (the revenue join broadcasts orders in batches of this).
     broadcast_max_rows: int = 2_000_000
+    # Files no version refers to are deleted once older than this (longer than the longest run: a younger one may
+    # belong to a run that has not committed yet); see maintenance.sweep.
+    orphan_retention_seconds: float = 24 * 3600.0
+    # Late data: a landed row for a month more than this many months before a table's newest month goes to quarantine
+    # (check late_arrival) instead of rewriting that old partition; a backfill of the month takes it in. None: every
+    # late row updates its partition (runs select work by landed file, so nothing late is ever missed).
+    lookback_months: int | None = None
 
     def with_root(self, root: str) -> Settings:
         return replace(self, root=root)
@@ -62,4 +69,6 @@ def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = N
         object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES", str(1 << 30))),
         temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or None,
     )
+    if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):
+        overrides.setdefault("lookback_months", int(env["LAKEHOUSE_LOOKBACK_MONTHS"]))
     return Settings(root=root, storage_options=storage, ray=ray, **overrides)

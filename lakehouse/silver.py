@@ -10,10 +10,16 @@ version last processed). Execute (Ray workers), partition-aligned with no hash s
 
 Commit (driver): quarantine, then silver in one version that removes the touched partitions' old files and adds the
 new ones, with the new watermark. Staged files are deleted afterwards.
+
+A full refresh rebuilds every partition from every bronze row. A backfill (``RunContext.months``) rebuilds the
+partitions of a month range the same way: rows of other months are staged only as keys and lineage, so a key whose
+latest row lies outside the range stays out of it; the watermark is left alone. With ``Settings.lookback_months``, a
+row for a month older than the lookback window is quarantined (``late_arrival``) rather than rewriting a closed month.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -28,7 +34,7 @@ from lakehouse.frames import POLARS_TO_ARROW, read_files, without, write_frame
 from lakehouse.spec import SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
-from lakehouse.validation import ROW_ID, model_dtypes, split_valid
+from lakehouse.validation import ROW_ID, RowCheck, model_dtypes, split_valid
 
 LINEAGE = ("_source_file", "_source_line", "_ingested_at")
 META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64()), ("kept", pa.int64())])
@@ -60,7 +66,14 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         return result.finish("skipped", f"no bronze table {bronze.ref(spec.source)}")
     assert source.version is not None
     base = table.snapshot(storage, ref(spec.name))
-    mark = None if ctx.full_refresh else table.txn_version(storage, ref(spec.name), app_id(spec.name))
+    result.inputs = {str(source.ref): source.version}
+    result.version = base.version
+    months = ctx.months
+    if months and not spec.partition:
+        return result.finish("skipped", "not partitioned by month: a backfill leaves it as it is")
+    # A full refresh or a backfill rebuilds (all or some) partitions from every bronze row, not from the table.
+    rebuild = ctx.full_refresh or months is not None
+    mark = None if rebuild else table.txn_version(storage, ref(spec.name), app_id(spec.name))
     if mark is not None and mark >= source.version:
         return result.finish("skipped", "up to date")
     new_files = _files_since(storage, source, mark)
@@ -68,14 +81,21 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
     try:
         reads = [{"path": f.path} for f in new_files if f.rows]
-        staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs={**common, "staging": staging}))
+        cutoff = None if rebuild else _lookback_cutoff(base, spec, ctx.settings.lookback_months)
+        kwargs = {**common, "staging": staging, "months": months, "cutoff": cutoff}
+        staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs=kwargs))
         rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
         by_partition: dict[str, list[str]] = {}
         for m in staged:
             if m["kind"] == "staged":
                 f = DataFile.from_json(m["file"])
                 by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
-        owners, moved = _key_owners(storage, spec, base, staging, by_partition, full_refresh=ctx.full_refresh)
+        if months:  # every partition of the range is rebuilt, including those left with no rows
+            for existing in base.files:
+                if _in_months(existing.partition_values, spec, months):
+                    by_partition.setdefault(_partition_key(existing), [])
+        outside = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "keys"]
+        owners, moved = _key_owners(storage, spec, base, staging, by_partition, outside, rebuild=rebuild)
         for key in moved:
             by_partition.setdefault(key, [])
         replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
@@ -83,7 +103,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             {
                 "partition_values": json.loads(key),
                 "staged": paths,
-                "existing": [] if ctx.full_refresh else [f.item() for f in _in_partition(base, key, spec)],
+                "existing": [] if rebuild else [f.item() for f in _in_partition(base, key, spec)],
             }
             for key, paths in by_partition.items()
         ]
@@ -99,6 +119,8 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
+        if months:
+            info["backfill"] = list(months)
         result.version = table.commit(
             storage,
             base,
@@ -106,7 +128,8 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             adds=adds,
             removes=replaced,
             partition_by=(spec.partition.column,) if spec.partition else (),
-            app_transactions={app_id(spec.name): source.version},
+            # A backfill leaves the watermark alone: it rebuilt some months, not everything up to a bronze version.
+            app_transactions=None if months else {app_id(spec.name): source.version},
             metadata=info,
         )
     finally:
@@ -128,19 +151,22 @@ def _key_owners(
     base: table.Snapshot,
     staging: str,
     by_partition: dict[str, list[str]],
+    outside: list[DataFile],
     *,
-    full_refresh: bool,
+    rebuild: bool,
 ) -> tuple[Any, set[str]]:
     """Which partition each key belongs to after this batch, where a key could end up in two.
 
     A key's latest row decides its partition: a correction can move a row to another month, and one batch can hold
     a key in two months. Returns a broadcast ref of ``keys + __owner`` (None when no key can be in two partitions)
-    and the partitions outside this batch that hold an older row of a key the batch moved elsewhere.
+    and the partitions outside this batch that hold an older row of a key the batch moved elsewhere. ``outside``
+    are the keys a backfill read for months outside its range: they own their keys without being rewritten.
     """
     if not spec.partition or not by_partition:
         return None, set()
-    others = [] if full_refresh else [f for f in base.files if _partition_key(f) not in by_partition]
+    others = [] if rebuild else [f for f in base.files if _partition_key(f) not in by_partition]
     staged = [{"path": p, "partition_values": json.loads(k)} for k, paths in by_partition.items() for p in paths]
+    staged += [{"path": f.path, "partition_values": f.partition_values} for f in outside]
     owners = engine.broadcast(_owners_of_staged, storage, spec, staging, staged, all_keys=bool(others))
     if not others:
         return owners, set()
@@ -160,6 +186,25 @@ def _replaced_files(base: table.Snapshot, spec: SilverSpec, keys: list[str], *, 
     if full_refresh:
         return list(base.files)
     return [f for key in keys for f in _in_partition(base, key, spec)]
+
+
+def _lookback_cutoff(base: table.Snapshot, spec: SilverSpec, lookback: int | None) -> str | None:
+    """The first month a late row may still update (the table's newest month minus ``lookback`` months), or None
+    when any late row may (no lookback set, an unpartitioned or empty table)."""
+    if lookback is None or not spec.partition:
+        return None
+    months = [v for f in base.files if (v := f.partition_values.get(spec.partition.column))]
+    if not months:
+        return None
+    newest = dt.date.fromisoformat(max(months))
+    index = newest.year * 12 + newest.month - 1 - lookback
+    return dt.date(index // 12, index % 12 + 1, 1).isoformat()
+
+
+def _in_months(values: dict[str, str | None], spec: SilverSpec, months: tuple[str, str]) -> bool:
+    assert spec.partition
+    value = values.get(spec.partition.column)
+    return value is not None and months[0] <= value <= months[1]
 
 
 def _in_partition(base: table.Snapshot, key: str, spec: SilverSpec) -> list[TableFile]:
@@ -206,7 +251,15 @@ def _moved_away(item: dict[str, Any], *, storage: Storage, spec: SilverSpec, own
 
 
 def _validate_file(
-    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, run_id: str, staging: str, max_rows: int
+    item: dict[str, Any],
+    *,
+    storage: Storage,
+    spec: SilverSpec,
+    run_id: str,
+    staging: str,
+    max_rows: int,
+    months: tuple[str, str] | None,
+    cutoff: str | None,
 ) -> pa.Table:
     raw = read_files(storage, bronze.ref(spec.source).rel, [{"path": item["path"], "partition_values": {}}])
     missing = [c for c in model_dtypes(spec.model) if c not in raw.columns]
@@ -216,7 +269,13 @@ def _validate_file(
             f"required column {missing[0]!r} is missing (the model needs {', '.join(missing)})",
             table=str(ref(spec.name)), path=landed, column=missing[0],
         )
-    split = split_valid(raw, spec.model)
+    extra: tuple[RowCheck, ...] = ()
+    if cutoff and spec.partition:
+        # Older than the lookback window: held in quarantine until a backfill of its month takes it in.
+        column = spec.partition.source_column
+        late = pl.col(column) < dt.date.fromisoformat(cutoff)
+        extra = (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
+    split = split_valid(raw, spec.model, extra)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
     if split.rejected.height:
         qfile = _write_rejected(storage, spec, raw, split.rejected, run_id)
@@ -230,6 +289,15 @@ def _validate_file(
         file_schema = without(schema, [p.column])
         groups = valid.partition_by(p.column, as_dict=True, include_key=False) if valid.height else {}
         parts = [({p.column: partition_value(k[0])}, g) for k, g in groups.items()]
+        if months:
+            # A backfill rewrites only its months; of the others it needs only who holds which key, and when.
+            outside = [(v, g) for v, g in parts if not _in_months(v, spec, months)]
+            parts = [(v, g) for v, g in parts if _in_months(v, spec, months)]
+            keys_schema = pa.schema([schema.field(c) for c in [*spec.keys, *LINEAGE]])
+            for values, frame in outside:
+                for f in write_frame(storage, staging, frame, keys_schema, partition_values=values, prefix="keys",
+                                     max_rows=max_rows):
+                    out.append({"kind": "keys", "file": f.to_json(), "n": f.rows, "kept": 0})
     else:
         parts = [({}, valid)] if valid.height else []
     for values, frame in parts:

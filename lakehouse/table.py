@@ -8,17 +8,21 @@ files workers wrote with :func:`commit`: one Delta version per call, carrying th
 from __future__ import annotations
 
 import json
+import posixpath
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
+from lakehouse import faults
 from lakehouse.errors import CommitConflict, TableError
 from lakehouse.files import DataFile
 from lakehouse.storage import Storage
@@ -148,6 +152,7 @@ def commit(
     """
     ref = base.ref
     _check_files_exist(storage, ref, adds)
+    faults.point(f"{ref}:before_commit")
     now = int(time.time() * 1000)
     add_actions = [
         AddAction(a.path, a.size, a.partition_values, a.modification_time or now, True, a.stats) for a in adds
@@ -168,6 +173,7 @@ def commit(
                 storage_options=storage.delta_options(),
                 commit_properties=props,
             )
+            faults.point(f"{ref}:after_commit")
             return 0
         dt = _open(storage, ref, base.version)
         assert dt is not None
@@ -185,6 +191,7 @@ def commit(
         if "already exists" in str(e).lower():
             raise CommitConflict(f"table was created concurrently: {e}", table=str(ref)) from e
         raise TableError(f"commit failed: {e}", table=str(ref)) from e
+    faults.point(f"{ref}:after_commit")
     latest = _open(storage, ref)
     assert latest is not None
     return latest.version()
@@ -241,3 +248,82 @@ def list_tables(storage: Storage, layers: Iterable[str]) -> list[TableRef]:
     logs = fs.get_file_info([storage.fs_path(f"{r.rel}/_delta_log") for r in candidates])
     found = [r for r, log in zip(candidates, logs, strict=True) if log.type == pafs.FileType.Directory]
     return sorted(found, key=str)
+
+
+LOG_DIR = "_delta_log"
+
+
+def referenced_paths(storage: Storage, ref: TableRef) -> set[str]:
+    """Every data file any version still in the log refers to (added or removed), relative to the table.
+
+    Read from the log's commit files and checkpoints directly: a file removed at some version is still part of the
+    older versions a reader can time-travel to, so it is referenced too. Raises :class:`TableError` on a log entry it
+    does not understand (a sweep must then not run).
+    """
+    fs = storage.filesystem()
+    log_dir = storage.fs_path(f"{ref.rel}/{LOG_DIR}")
+    entries = fs.get_file_info(pafs.FileSelector(log_dir, recursive=False, allow_not_found=True))
+    paths: set[str] = set()
+    for info in entries:
+        name = posixpath.basename(info.path)
+        if info.type != pafs.FileType.File or name.startswith((".", "_")) or name.endswith(".crc"):
+            continue
+        if ".checkpoint" in name and name.endswith(".parquet"):
+            data = pq.read_table(storage.fs_path(f"{ref.rel}/{LOG_DIR}/{name}"), filesystem=fs)
+            for action in ("add", "remove"):
+                if action in data.column_names:
+                    paths.update(p for p in _struct_field(data.column(action), "path") if p)
+        elif name.endswith(".json") and ".checkpoint" not in name:
+            with fs.open_input_stream(info.path) as f:
+                for text in f.read().decode().splitlines():
+                    entry: dict[str, Any] = json.loads(text) if text.strip() else {}
+                    paths.update(entry[kind]["path"] for kind in ("add", "remove") if kind in entry)
+        else:
+            raise TableError(f"log entry {name} is of a kind this engine does not read", table=str(ref))
+    return {_relative(p, storage.uri(ref.rel)) for p in paths}
+
+
+def _struct_field(column: pa.ChunkedArray, field_name: str) -> list[str | None]:
+    return [row[field_name] if row else None for row in column.to_pylist()]
+
+
+def _relative(path: str, table_uri: str) -> str:
+    """A log path (relative and URL-encoded, or an absolute URI) as a plain path relative to the table."""
+    path = urllib.parse.unquote(path)
+    for prefix in (table_uri.rstrip("/") + "/", "file://" + table_uri.rstrip("/") + "/"):
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
+
+
+@dataclass(frozen=True)
+class Orphan:
+    path: str  # relative to the table
+    size: int
+    age_seconds: float
+
+
+def orphans(storage: Storage, ref: TableRef, *, min_age_seconds: float, now: float | None = None) -> list[Orphan]:
+    """Data files under the table's directory that no version in the log refers to and that are older than
+    ``min_age_seconds`` (younger ones may belong to a writer that has not committed yet)."""
+    now = time.time() if now is None else now
+    referenced = referenced_paths(storage, ref)
+    fs = storage.filesystem()
+    base = storage.fs_path(ref.rel)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(base) + 1:]
+        if rel.startswith(LOG_DIR + "/") or posixpath.basename(rel).startswith("."):
+            continue
+        age = now - (info.mtime.timestamp() if info.mtime else now)
+        if rel not in referenced and age >= min_age_seconds:
+            found.append(Orphan(path=rel, size=int(info.size or 0), age_seconds=age))
+    return sorted(found, key=lambda o: o.path)
+
+
+def delete_files(storage: Storage, ref: TableRef, paths: Iterable[str]) -> None:
+    fs = storage.filesystem()
+    for p in paths:
+        fs.delete_file(storage.fs_path(f"{ref.rel}/{p}"))

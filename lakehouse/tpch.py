@@ -66,7 +66,7 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
     result = StageResult(table=str(gold.ref(spec.name)))
     ins = gold.inputs(ctx, spec)
     if not any(i.changed for i in ins.values()):
-        return result.finish("skipped", "up to date")
+        return gold.up_to_date(ctx, spec, result, ins)
     storage = ctx.storage
     base = table.snapshot(storage, gold.ref(spec.name))
     orders, lineitem = ins["orders"], ins["lineitem"]
@@ -209,7 +209,7 @@ def build_customer_lifetime_value(ctx: RunContext, spec: GoldSpec) -> StageResul
     result = StageResult(table=str(gold.ref(spec.name)))
     ins = gold.inputs(ctx, spec)
     if not any(i.changed for i in ins.values()):
-        return result.finish("skipped", "up to date")
+        return gold.up_to_date(ctx, spec, result, ins)
     storage = ctx.storage
     base = table.snapshot(storage, gold.ref(spec.name))
     meta: list[dict[str, Any]] = []
@@ -270,7 +270,7 @@ def build_pricing_summary(ctx: RunContext, spec: GoldSpec) -> StageResult:
     ins = gold.inputs(ctx, spec)
     lineitem = ins["lineitem"]
     if not lineitem.changed:
-        return result.finish("skipped", "up to date")
+        return gold.up_to_date(ctx, spec, result, ins)
     storage = ctx.storage
     base = table.snapshot(storage, gold.ref(spec.name))
     months = lineitem.changed_partitions(storage) if base.exists else None

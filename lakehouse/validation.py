@@ -30,12 +30,26 @@ def model_dtypes(model: type[pa.DataFrameModel]) -> dict[str, pl.DataType]:
     return {name: col.dtype.type for name, col in model.to_schema().columns.items()}
 
 
-def split_valid(strings: pl.DataFrame, model: type[pa.DataFrameModel]) -> Split:
-    """Cast the model's columns of ``strings`` (other columns pass through) and validate them with the model."""
+@dataclass(frozen=True)
+class RowCheck:
+    """A row rule that is not the model's (it depends on the run, e.g. how late a row may arrive): rows for which
+    ``failing`` (an expression over the typed columns) is true are rejected with ``name`` on ``column``."""
+
+    name: str
+    column: str
+    failing: pl.Expr
+
+
+def split_valid(
+    strings: pl.DataFrame, model: type[pa.DataFrameModel], extra: tuple[RowCheck, ...] = ()
+) -> Split:
+    """Cast the model's columns of ``strings`` (other columns pass through) and validate them with the model (and
+    ``extra`` checks)."""
     dtypes = model_dtypes(model)
     df = strings.with_row_index(ROW_ID)
     typed = df.with_columns(_cast(c, t) for c, t in dtypes.items())
     failures = [_cast_failures(df, typed, dtypes), _rule_failures(typed.select(ROW_ID, *dtypes), model)]
+    failures += [_extra_failures(typed, check) for check in extra]
     found = [f.with_columns(pl.col(ROW_ID).cast(pl.UInt32)) for f in failures if f.height]
     rejected = _per_row(pl.concat(found) if found else _empty_failures())
     valid = typed.join(rejected.select(ROW_ID), on=ROW_ID, how="anti").drop(ROW_ID)
@@ -91,6 +105,18 @@ def _rule_failures(typed: pl.DataFrame, model: type[pa.DataFrameModel]) -> pl.Da
             }
         )
     return _empty_failures()
+
+
+def _extra_failures(typed: pl.DataFrame, check: RowCheck) -> pl.DataFrame:
+    bad = typed.filter(check.failing.fill_null(False))
+    return pl.DataFrame(
+        {
+            ROW_ID: bad.get_column(ROW_ID),
+            "check": pl.Series([check.name] * bad.height, dtype=pl.String),
+            "column": pl.Series([check.column] * bad.height, dtype=pl.String),
+            "value": bad.get_column(check.column).cast(pl.String),
+        }
+    )
 
 
 def _empty_failures() -> pl.DataFrame:

@@ -89,3 +89,50 @@ def lake_copy(tpch_lake: Lake, tmp_path: Path) -> Callable[[], Lake]:
         return Lake(root=root, settings=tpch_lake.settings.with_root(str(root)), report=tpch_lake.report)
 
     return make
+
+
+# A drop with a malformed line (bronze quarantine) and a rule failure (silver quarantine), so runs over it commit to
+# quarantine tables too.
+BAD_ORDERS = (
+    "o_orderkey,o_custkey,o_orderstatus,o_totalprice,o_orderdate,o_orderpriority,o_clerk,o_shippriority,o_comment\n"
+    "9000001,1,O,100.50,1992-02-10,1-URGENT,Clerk#000000001,0,a fine order\n"
+    "9000002,1,O,not enough fields\n"
+    "9000003,1,O,-5.00,1992-02-11,1-URGENT,Clerk#000000001,0,a negative price\n"
+)
+
+
+@pytest.fixture(scope="session")
+def landed_raw(tpch_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tpch_raw`` plus one bad orders file; copy it (``landed``) before use."""
+    root = tmp_path_factory.mktemp("landed")
+    shutil.copytree(tpch_raw, root / "raw")
+    (root / "raw/orders/late").mkdir()
+    (root / "raw/orders/late/bad.csv").write_text(BAD_ORDERS)
+    return root / "raw"
+
+
+@pytest.fixture
+def landed(landed_raw: Path, tmp_path: Path) -> Path:
+    """A root with ``landed_raw`` landed and nothing processed."""
+    root = tmp_path / "landed"
+    shutil.copytree(landed_raw, root / "raw")
+    return root
+
+
+@dataclass(frozen=True)
+class Clean:
+    """The tables of one clean run over ``landed_raw``: contents and versions."""
+
+    tables: Any
+    versions: dict[str, int | None]
+
+
+@pytest.fixture(scope="session")
+def clean(ray_session: None, landed_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Clean:
+    import lakehouse
+    from tests.harness import contents, versions
+
+    root = tmp_path_factory.mktemp("clean")
+    shutil.copytree(landed_raw, root / "raw")
+    assert lakehouse.run(Settings(root=str(root), ray=RAY)).ok
+    return Clean(tables=contents(root), versions=versions(root))

@@ -72,6 +72,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         PREFECT_WORKER_QUERY_SECONDS="1",
+        # A run kept waiting by the deployment's concurrency limit is retried this often (default 30 s).
+        PREFECT_DEPLOYMENT_CONCURRENCY_SLOT_WAIT_SECONDS="3",
         LAKEHOUSE_PROJECT_DIR=str(REPO),
         LAKEHOUSE_RAY_CPUS="2",
         LAKEHOUSE_RAY_OBJECT_STORE_BYTES=str(512 << 20),
@@ -131,21 +133,70 @@ def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack
     assert {table: _delta_version(root / "gold" / table) for table in SORT} == versions
 
 
-def _run_deployment(stack: Stack, root: Path) -> UUID:
-    """Run the deployment with ``root``, wait for it through the CLI, and check the server says it completed."""
-    run = stack.prefect(
-        "deployment", "run", DEPLOYMENT, "--param", f"root={root}", "--watch", "--watch-timeout", "600", timeout=660
-    )
+def test_one_active_run_at_a_time_and_the_backfill_deployment(stack: Stack, tmp_path: Path) -> None:
+    from lakehouse.demo import generate
+    from lakehouse.storage import Storage
+
+    root = tmp_path / "lake"
+    generate(Storage(str(root)), scale_factor=0.01, months=4)
+
+    # when two runs of the pipeline are submitted at once, the second waits for the first (concurrency limit 1)
+    ids = [_run_deployment(stack, root, watch=False) for _ in range(2)]
+    runs = [_wait_completed(stack, i) for i in ids]
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert first.end_time is not None and second.start_time is not None
+    assert first.end_time <= second.start_time, (first.end_time, second.start_time)
+    statuses = {r.id: {row["status"] for row in _summary(stack, r.id)} for r in runs}
+    assert statuses[first.id] == {"committed"} and statuses[second.id] == {"skipped"}
+    silver_versions = {t: _delta_version(root / "silver" / t) for t in ("orders", "lineitem")}
+
+    # when the backfill deployment rebuilds two months, one per batch
+    months = {"from_month": "1992-02", "to_month": "1992-03", "batch_months": "1"}
+    backfill = _run_deployment(stack, root, name="medallion/backfill", params=months)
+
+    # then it made one task per table per batch, one commit each, and gold still equals the raw files' answer
+    summary = _summary(stack, backfill)
+    assert [row["table"] for row in summary] == [
+        f"{t}" for _ in range(2) for t in ("silver.orders", "silver.lineitem", *(f"gold.{g}" for g in SORT))
+    ]
+    assert {t: _delta_version(root / "silver" / t) for t in silver_versions} == {
+        t: v + 2 for t, v in silver_versions.items()}
+    for table, keys in SORT.items():
+        assert_frames_match(pl.read_delta(str(root / "gold" / table)), expected(root / "raw", table), keys)
+
+
+def _run_deployment(
+    stack: Stack, root: Path, *, name: str = DEPLOYMENT, params: dict[str, str] | None = None, watch: bool = True
+) -> UUID:
+    """Run a deployment with ``root``; unless ``watch`` is off, wait for it through the CLI and check it completed."""
+    args = ["deployment", "run", name, "--param", f"root={root}"]
+    for key, value in (params or {}).items():
+        args += ["--param", f"{key}={value}"]
+    if watch:
+        args += ["--watch", "--watch-timeout", "600"]
+    run = stack.prefect(*args, timeout=660)
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"{output}\n--- worker log ---\n{stack.tail('worker.log')}"
     match = re.search(r"UUID: ([0-9a-f-]{36})", output)
     assert match, output
     flow_run_id = UUID(match.group(1))
-    with _client(stack) as client:
-        flow_run = client.read_flow_run(flow_run_id)
-    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
-    assert flow_run.parameters["root"] == str(root)
+    if watch:
+        flow_run = _wait_completed(stack, flow_run_id)
+        assert flow_run.parameters["root"] == str(root)
     return flow_run_id
+
+
+def _wait_completed(stack: Stack, flow_run_id: UUID, timeout: float = 600) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with _client(stack) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state is not None and flow_run.state.is_final():
+            break
+        assert time.monotonic() < deadline, f"{flow_run_id} still {flow_run.state}\n{stack.tail('worker.log')}"
+        time.sleep(1)
+    assert flow_run.state.is_completed(), f"{flow_run.state}\n{stack.tail('worker.log')}"
+    return flow_run
 
 
 def _summary(stack: Stack, flow_run_id: UUID) -> list[dict[str, Any]]:

@@ -160,7 +160,10 @@ def test_rerun_without_new_data_changes_nothing(lake_copy: Callable[[], Lake]) -
     # then every stage is skipped and no table gets a new version or different contents
     assert report.ok
     assert {r.table: r.status for r in report.results} == {t: "skipped" for t in TABLES}
-    assert all(r.version is None and r.rows_written == 0 for r in report.results)
+    # each names the version it found the table at, and the input versions it checked
+    assert all(r.version == before[r.table] and r.rows_written == 0 for r in report.results)
+    assert {r.table: r.inputs for r in report.results}["gold.pricing_summary_monthly"] == {
+        "silver.lineitem": before["silver.lineitem"]}
     assert versions(lake.root) == before
     for t, df in contents.items():
         assert_frame_equal(read(lake.root, t), df)
