@@ -121,8 +121,8 @@ def medallion(
         finally:
             _report(ctx, results, time.monotonic() - started)
     if any(r.status == "committed" for r in results):
-        swept = lakehouse.runner.sweep(ctx)
-        if swept.count or swept.staging:
+        swept = lakehouse.runner.sweep(ctx)  # logs and swallows its own failures: housekeeping never fails a run
+        if swept and (swept.count or swept.staging):
             logger.info("swept %d orphaned files and %d staging directories", swept.count, len(swept.staging))
     return results
 

@@ -59,16 +59,19 @@ def sweep(storage: Storage, *, retention_seconds: float, dry_run: bool = False) 
 
 
 def _staging_runs(storage: Storage, now: float) -> list[tuple[str, float]]:
-    """Staging directories by run id, with their age: from the run id's timestamp, else the directory's mtime."""
+    """Staging directories by run id, with their age: since the newest file in them was written (a long run keeps
+    writing), else since the run started (its id's timestamp)."""
     fs = storage.filesystem()
     found = []
     for info in fs.get_file_info(pafs.FileSelector(storage.fs_path(STAGING), allow_not_found=True)):
         if info.type != pafs.FileType.Directory:
             continue
         run_id = posixpath.basename(info.path)
+        inside = fs.get_file_info(pafs.FileSelector(info.path, recursive=True, allow_not_found=True))
+        stamps = [i.mtime.timestamp() for i in inside if i.type == pafs.FileType.File and i.mtime]
         try:
-            started = dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp()
+            stamps.append(dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp())
         except ValueError:
-            started = info.mtime.timestamp() if info.mtime else now
-        found.append((run_id, now - started))
+            stamps.append(info.mtime.timestamp() if info.mtime else now)
+        found.append((run_id, now - max(stamps)))
     return found

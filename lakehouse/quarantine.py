@@ -5,6 +5,9 @@ Each quarantine file holds the rejects of one landed file at one stage, and says
 rerun after a crash between the quarantine commit and the data commit adds nothing twice, and a full refresh
 replaces the silver-stage records instead of repeating them.
 
+Rows held back as late (check ``late_arrival``, see ``Settings.lookback_months``) leave quarantine when a backfill
+of their month takes them into silver (:func:`release_late`, committed after the silver commit).
+
 One record per rejected row: the stage that rejected it (``bronze``: the line could not be parsed; ``silver``: a
 type or rule check failed), the first failed check and its column and value, every failure as JSON, the row itself
 (its raw text, or its original string values as JSON), where it came from and the run that rejected it.
@@ -18,9 +21,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from lakehouse import table
-from lakehouse.files import DataFile, write_data_file
+from lakehouse import engine, table
+from lakehouse.files import DataFile, read_data_file, write_data_file
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
 
@@ -105,3 +109,50 @@ def _stage(f: TableFile) -> str | None:
 
 def _source(f: DataFile) -> str | None:
     return json.loads(f.stats).get("minValues", {}).get("_source_file")
+
+
+LATE = "late_arrival"
+
+
+def release_late(storage: Storage, name: str, months: tuple[str, str], *, run_id: str) -> int:
+    """Remove from ``quarantine.<name>`` the rows held as late (check ``late_arrival``) whose month a backfill has
+    just taken into silver; returns how many. Each affected file is rewritten on a worker without those rows, in one
+    commit; files with no late rows are not read."""
+    snap = table.snapshot(storage, ref(name))
+    late = [f for f in snap.files if _stage(f) == "silver" and _may_hold_late(f)]
+    if not late:
+        return 0
+    kwargs = {"storage": storage, "name": name, "months": list(months), "run_id": run_id}
+    meta = engine.collect(engine.run_tasks([f.item() for f in late], _without_late, fn_kwargs=kwargs))
+    released = sum(m["released"] for m in meta)
+    if not released:
+        return 0
+    rewritten = {m["path"] for m in meta if m["released"]}
+    adds = [DataFile.from_json(m["file"]) for m in meta if m["released"] and m["file"]]
+    removes = [f for f in late if f.path in rewritten]
+    table.commit(storage, snap, schema=SCHEMA, adds=adds, removes=removes,
+                 metadata={"run_id": run_id, "stage": "backfill", "released_late": released})
+    return released
+
+
+def _may_hold_late(f: TableFile) -> bool:
+    low, high = f.mins.get("check"), f.maxs.get("check")
+    return low is None or high is None or (low <= LATE + "\uffff" and high >= LATE)
+
+
+def _without_late(item: dict[str, Any], *, storage: Storage, name: str, months: list[str], run_id: str) -> pa.Table:
+    rows = read_data_file(storage, ref(name).rel, item["path"])
+    month = pc.utf8_slice_codeunits(pc.fill_null(rows.column("value"), ""), 0, 7)
+    late = pc.and_(
+        pc.starts_with(rows.column("check"), LATE),
+        pc.and_(pc.greater_equal(month, months[0][:7]), pc.less_equal(month, months[1][:7])),
+    )
+    late = pc.fill_null(late, False)
+    released = int(pc.sum(late).as_py() or 0)
+    out = {"path": item["path"], "released": released, "file": ""}
+    kept = rows.filter(pc.invert(late))
+    if released and kept.num_rows:
+        source = kept.column("_source_file")[0].as_py()
+        out["file"] = write(storage, name, kept, stage="silver", source_file=source, run_id=run_id).to_json()
+    return pa.Table.from_pylist([out], schema=pa.schema(
+        [("path", pa.string()), ("released", pa.int64()), ("file", pa.string())]))

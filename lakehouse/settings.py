@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lakehouse.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RaySettings:
@@ -41,10 +43,11 @@ class Settings:
     # Files no version refers to are deleted once older than this (longer than the longest run: a younger one may
     # belong to a run that has not committed yet); see maintenance.sweep.
     orphan_retention_seconds: float = 24 * 3600.0
-    # Late data: a landed row for a month more than this many months before a table's newest month goes to quarantine
-    # (check late_arrival) instead of rewriting that old partition; a backfill of the month takes it in. None: every
-    # late row updates its partition (runs select work by landed file, so nothing late is ever missed).
-    lookback_months: int | None = None
+    # Late data, per month-partitioned silver table: a landed row for a month more than N months before the table's
+    # newest month goes to quarantine (check late_arrival) instead of rewriting that closed month; a backfill of the
+    # month takes it in. A table not named here takes every late row (runs select work by landed file, so nothing
+    # late is ever missed). N must cover the table's normal spread: TPC-H lines ship up to 4 months after the order.
+    lookback_months: Mapping[str, int] = field(default_factory=dict)
 
     def with_root(self, root: str) -> Settings:
         return replace(self, root=root)
@@ -69,6 +72,16 @@ def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = N
         object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES", str(1 << 30))),
         temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or None,
     )
-    if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):
-        overrides.setdefault("lookback_months", int(env["LAKEHOUSE_LOOKBACK_MONTHS"]))
+    if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):  # "orders=2,lineitem=6"
+        overrides.setdefault("lookback_months", _table_months(env["LAKEHOUSE_LOOKBACK_MONTHS"]))
     return Settings(root=root, storage_options=storage, ray=ray, **overrides)
+
+
+def _table_months(text: str) -> dict[str, int]:
+    found = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, months = entry.partition("=")
+        if not name or not months.strip().isdigit():
+            raise ConfigError(f"LAKEHOUSE_LOOKBACK_MONTHS: expected table=months, got {entry!r}")
+        found[name.strip()] = int(months)
+    return found

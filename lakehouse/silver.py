@@ -13,8 +13,9 @@ new ones, with the new watermark. Staged files are deleted afterwards.
 
 A full refresh rebuilds every partition from every bronze row. A backfill (``RunContext.months``) rebuilds the
 partitions of a month range the same way: rows of other months are staged only as keys and lineage, so a key whose
-latest row lies outside the range stays out of it; the watermark is left alone. With ``Settings.lookback_months``, a
-row for a month older than the lookback window is quarantined (``late_arrival``) rather than rewriting a closed month.
+latest row lies outside the range stays out of it, and a partition outside it that holds an older row of a key the
+range now owns loses that row; the watermark is left alone. With ``Settings.lookback_months[table]``, a row for a
+month older than the lookback window is quarantined (``late_arrival``) rather than rewriting a closed month.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
     try:
         reads = [{"path": f.path} for f in new_files if f.rows]
-        cutoff = None if rebuild else _lookback_cutoff(base, spec, ctx.settings.lookback_months)
+        # Only an incremental batch can be late: a full refresh takes every row, like a clean run, and a backfill
+        # takes in its months' late rows (and releases them from quarantine after its commit).
+        lookback = ctx.settings.lookback_months.get(spec.name)
+        cutoff = None if rebuild else _lookback_cutoff(base, spec, lookback)
         kwargs = {**common, "staging": staging, "months": months, "cutoff": cutoff}
         staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs=kwargs))
         rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
@@ -95,7 +99,9 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
                 if _in_months(existing.partition_values, spec, months):
                     by_partition.setdefault(_partition_key(existing), [])
         outside = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "keys"]
-        owners, moved = _key_owners(storage, spec, base, staging, by_partition, outside, rebuild=rebuild)
+        owners, moved = _key_owners(
+            storage, spec, base, staging, by_partition, outside, full_refresh=ctx.full_refresh, rebuild=rebuild
+        )
         for key in moved:
             by_partition.setdefault(key, [])
         replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
@@ -103,7 +109,8 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             {
                 "partition_values": json.loads(key),
                 "staged": paths,
-                "existing": [] if rebuild else [f.item() for f in _in_partition(base, key, spec)],
+                # rebuilt partitions start empty; one a key moved out of keeps its other rows
+                "existing": [] if rebuild and key not in moved else [f.item() for f in _in_partition(base, key, spec)],
             }
             for key, paths in by_partition.items()
         ]
@@ -111,11 +118,12 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         merged = engine.collect(engine.run_tasks(merges, _merge_partition, fn_kwargs=kwargs))
         result.files_in = len(new_files)
         result.partitions = len(merges)
-        result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
-        result.rows_quarantined = sum(f.rows for f in rejected)
         new_in = sum(m["n"] for m in merged)
         result.rows_written = sum(m["kept"] for m in merged)
         result.rows_duplicate = new_in - result.rows_written
+        # A backfill counts its months' rows only; their rejects are recorded already (the commit skips them).
+        result.rows_in = new_in if months else sum(m["n"] for m in staged if m["kind"] == "read")
+        result.rows_quarantined = 0 if months else sum(f.rows for f in rejected)
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
@@ -134,7 +142,12 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         )
     finally:
         storage.delete_dir(staging)
-    return result.finish("committed")
+    note = ""
+    if months:
+        # After the commit: a crash in between leaves a row both in silver and in quarantine, never in neither.
+        released = quarantine.release_late(storage, spec.name, months, run_id=ctx.run_id)
+        note = f"took in {released} late rows held in quarantine" if released else ""
+    return result.finish("committed", note)
 
 
 def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
@@ -153,6 +166,7 @@ def _key_owners(
     by_partition: dict[str, list[str]],
     outside: list[DataFile],
     *,
+    full_refresh: bool,
     rebuild: bool,
 ) -> tuple[Any, set[str]]:
     """Which partition each key belongs to after this batch, where a key could end up in two.
@@ -164,10 +178,13 @@ def _key_owners(
     """
     if not spec.partition or not by_partition:
         return None, set()
-    others = [] if rebuild else [f for f in base.files if _partition_key(f) not in by_partition]
+    others = [] if full_refresh else [f for f in base.files if _partition_key(f) not in by_partition]
     staged = [{"path": p, "partition_values": json.loads(k)} for k, paths in by_partition.items() for p in paths]
     staged += [{"path": f.path, "partition_values": f.partition_values} for f in outside]
-    owners = engine.broadcast(_owners_of_staged, storage, spec, staging, staged, all_keys=bool(others))
+    # An incremental batch needs every key it stages (an older row of any may sit in a partition outside the batch);
+    # a backfill staged every bronze row's key, so only keys seen in two partitions can have moved.
+    all_keys = bool(others) and not rebuild
+    owners = engine.broadcast(_owners_of_staged, storage, spec, staging, staged, all_keys=all_keys)
     if not others:
         return owners, set()
     hits = engine.collect(
@@ -274,6 +291,9 @@ def _validate_file(
         # Older than the lookback window: held in quarantine until a backfill of its month takes it in.
         column = spec.partition.source_column
         late = pl.col(column) < dt.date.fromisoformat(cutoff)
+        if months:
+            month = pl.col(column).dt.truncate("1mo")
+            late = late & ~month.is_between(dt.date.fromisoformat(months[0]), dt.date.fromisoformat(months[1]))
         extra = (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
     split = split_valid(raw, spec.model, extra)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]

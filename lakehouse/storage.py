@@ -95,7 +95,10 @@ class Storage:
         fs = self.filesystem()
         path = self.fs_path(rel)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_dir(path)
+            try:
+                fs.delete_dir(path)
+            except FileNotFoundError:  # deleted concurrently
+                pass
 
 
 @functools.lru_cache(maxsize=8)

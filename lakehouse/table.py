@@ -251,6 +251,7 @@ def list_tables(storage: Storage, layers: Iterable[str]) -> list[TableRef]:
 
 
 LOG_DIR = "_delta_log"
+ACTIONS = ("add", "remove", "cdc")  # the log actions that name data files
 
 
 def referenced_paths(storage: Storage, ref: TableRef) -> set[str]:
@@ -270,14 +271,18 @@ def referenced_paths(storage: Storage, ref: TableRef) -> set[str]:
             continue
         if ".checkpoint" in name and name.endswith(".parquet"):
             data = pq.read_table(storage.fs_path(f"{ref.rel}/{LOG_DIR}/{name}"), filesystem=fs)
-            for action in ("add", "remove"):
+            for action in ACTIONS:
                 if action in data.column_names:
                     paths.update(p for p in _struct_field(data.column(action), "path") if p)
         elif name.endswith(".json") and ".checkpoint" not in name:
-            with fs.open_input_stream(info.path) as f:
-                for text in f.read().decode().splitlines():
-                    entry: dict[str, Any] = json.loads(text) if text.strip() else {}
-                    paths.update(entry[kind]["path"] for kind in ("add", "remove") if kind in entry)
+            try:
+                with fs.open_input_stream(info.path) as f:
+                    lines = f.read().decode().splitlines()
+            except FileNotFoundError:  # expired and cleaned up since the listing: a checkpoint covers it
+                continue
+            for text in lines:
+                entry: dict[str, Any] = json.loads(text) if text.strip() else {}
+                paths.update(entry[kind]["path"] for kind in ACTIONS if kind in entry)
         else:
             raise TableError(f"log entry {name} is of a kind this engine does not read", table=str(ref))
     return {_relative(p, storage.uri(ref.rel)) for p in paths}
@@ -315,8 +320,9 @@ def orphans(storage: Storage, ref: TableRef, *, min_age_seconds: float, now: flo
         if info.type != pafs.FileType.File:
             continue
         rel = info.path[len(base) + 1:]
-        if rel.startswith(LOG_DIR + "/") or posixpath.basename(rel).startswith("."):
-            continue
+        name = posixpath.basename(rel)
+        if rel.startswith(LOG_DIR + "/") or (name.startswith(".") and not name.endswith(".tmp")):
+            continue  # the log, and hidden files other than a killed writer's half-written ".<file>.tmp"
         age = now - (info.mtime.timestamp() if info.mtime else now)
         if rel not in referenced and age >= min_age_seconds:
             found.append(Orphan(path=rel, size=int(info.size or 0), age_seconds=age))
@@ -326,4 +332,7 @@ def orphans(storage: Storage, ref: TableRef, *, min_age_seconds: float, now: flo
 def delete_files(storage: Storage, ref: TableRef, paths: Iterable[str]) -> None:
     fs = storage.filesystem()
     for p in paths:
-        fs.delete_file(storage.fs_path(f"{ref.rel}/{p}"))
+        try:
+            fs.delete_file(storage.fs_path(f"{ref.rel}/{p}"))
+        except FileNotFoundError:  # a concurrent sweep got there first
+            pass

@@ -4,7 +4,9 @@ backfill of a month range rebuilds those months from bronze to what a clean run 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,7 +148,8 @@ def test_backfill_rejects_a_bad_range(tpch_lake: Lake) -> None:
 def test_rows_older_than_the_lookback_wait_in_quarantine_until_a_backfill(lake_copy: Callable[[], Lake]) -> None:
     # given a lake whose late data may update only the last two months before the newest, and a drop three back
     lake = lake_copy()
-    settings = dataclasses.replace(lake.settings, lookback_months=2)
+    # (lines ship up to 4 months after their order: lineitem's window has to cover that)
+    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 2, "lineitem": 5})
     months = sorted(_files_by_partition(lake.root, "silver/orders"))
     _land_late(lake, months[-4])
     gold_before = contents(lake.root)
@@ -165,9 +168,67 @@ def test_rows_older_than_the_lookback_wait_in_quarantine_until_a_backfill(lake_c
     for name in ("silver.orders", "silver.lineitem", *(f"gold.{g}" for g in GOLD)):
         assert_same_lake({name: now[name]}, {name: gold_before[name]})
 
-    # when that month is backfilled, the late rows are taken in, and gold is the answer over every landed file
+    # when that month is backfilled, the late rows are taken in (and leave quarantine), and gold is the answer over
+    # every landed file
     assert lakehouse.backfill(settings, months[-4][:7], months[-4][:7]).ok
     orders = pl.read_delta(str(lake.root / "silver/orders"))
     assert orders.filter(pl.col("o_orderkey") >= 9100001).height == 2
+    for name in ("orders", "lineitem"):
+        held = pl.read_delta(str(lake.root / "quarantine" / name))
+        assert held.filter(pl.col("check").str.starts_with("late")).height == 0, name
     for name in GOLD:
         assert_frames_match(pl.read_delta(str(lake.root / "gold" / name)), expected(lake.raw, name), SORT[name])
+
+
+def test_a_normal_drop_is_not_late_under_a_lookback_that_covers_the_tables_spread(
+    tpch_raw: Path, tpch_lake: Lake, tmp_path: Path
+) -> None:
+    # given the first five months processed with lookback windows, then the next three months landed
+    root = tmp_path / "lake"
+    months = sorted(p.name for p in (tpch_raw / "orders").iterdir())
+    for source in ("region", "nation", "customer"):
+        shutil.copytree(tpch_raw / source, root / "raw" / source)
+    settings = dataclasses.replace(tpch_lake.settings.with_root(str(root)),
+                                   lookback_months={"orders": 1, "lineitem": 5})
+    for batch in (months[:5], months[5:]):
+        for source in ("orders", "lineitem"):
+            for month in batch:
+                shutil.copytree(tpch_raw / source / month, root / "raw" / source / month)
+        assert lakehouse.run(settings).ok
+
+    # then nothing was held back as late, and the tables are those of one run over everything
+    assert not (root / "quarantine").exists() or not list((root / "quarantine").iterdir())
+    assert_same_lake(contents(root), contents(tpch_lake.root))
+
+
+def test_a_held_correction_that_moves_a_key_into_a_backfilled_month_leaves_its_old_month(
+    lake_copy: Callable[[], Lake], tmp_path: Path
+) -> None:
+    # given an order of the first month, corrected late to a date in a month the lookback has closed
+    lake = lake_copy()
+    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 2})
+    months = sorted(_files_by_partition(lake.root, "silver/orders"))
+    orders = pl.read_delta(str(lake.root / "silver/orders"))
+    key = orders.filter(pl.col("order_month") == dt.date.fromisoformat(months[0])).get_column("o_orderkey").min()
+    row = orders.filter(pl.col("o_orderkey") == key).row(0, named=True)
+    late_day = months[-4][:8] + "15"
+    (lake.raw / "orders/late").mkdir()
+    (lake.raw / "orders/late/fix.csv").write_text(
+        "o_orderkey,o_custkey,o_orderstatus,o_totalprice,o_orderdate,o_orderpriority,o_clerk,o_shippriority,o_comment\n"
+        f"{key},{row['o_custkey']},O,12345.67,{late_day},1-URGENT,Clerk#000000001,0,corrected late\n"
+    )
+    assert lakehouse.run(settings).ok
+    assert pl.read_delta(str(lake.root / "silver/orders")).filter(pl.col("o_orderkey") == key).height == 1
+
+    # when the correction's month is backfilled
+    report = lakehouse.backfill(settings, months[-4][:7], months[-4][:7])
+
+    # then the key is only in its new month, with the corrected values, and silver and gold equal a full refresh's
+    assert report.ok, report.error
+    now = pl.read_delta(str(lake.root / "silver/orders")).filter(pl.col("o_orderkey") == key)
+    assert now.select("order_month", "o_totalprice").rows() == [(dt.date.fromisoformat(months[-4]), 12345.67)]
+    refreshed = tmp_path / "refreshed"
+    shutil.copytree(lake.root, refreshed)
+    assert lakehouse.run(settings.with_root(str(refreshed)), full_refresh=True).ok
+    wanted = {k: v for k, v in contents(refreshed).items() if k.startswith(("silver.", "gold."))}
+    assert_same_lake({k: v for k, v in contents(lake.root).items() if k.startswith(("silver.", "gold."))}, wanted)

@@ -4,7 +4,6 @@ re-planned from what the winner left, never retried blindly over it."""
 from __future__ import annotations
 
 import multiprocessing
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +79,11 @@ REF = TableRef("silver", "t")
 PARTITION = {"month": "1995-03-01"}
 
 
-def _overwrite_partition_adding(root: str, writer: int, start_at: float, outcome: Any) -> None:
+def _overwrite_partition_adding(root: str, writer: int, barrier: Any, outcome: Any) -> None:
     """Rewrite the partition with its current rows plus this writer's row; re-plan on a lost race (bounded)."""
     storage = Storage(root)
     lost = 0
-    for _attempt in range(8):
+    for attempt in range(8):
         base = snapshot(storage, REF)
         current = [f for f in base.files if f.partition_values == PARTITION]
         rows = pl.concat(
@@ -93,8 +92,8 @@ def _overwrite_partition_adding(root: str, writer: int, start_at: float, outcome
         )
         data = write_data_file(storage, REF.rel, rows.to_arrow().cast(FILE_SCHEMA), partition_values=PARTITION,
                                prefix=f"part-w{writer}")
-        while time.time() < start_at:  # every writer's first commit is planned from the same version
-            time.sleep(0.001)
+        if attempt == 0:  # every writer's first commit is planned from the same version
+            barrier.wait(timeout=60)
         try:
             commit(storage, base, schema=SCHEMA, adds=[data], removes=current, app_transactions={f"w{writer}": 1})
             outcome.put((writer, lost))
@@ -114,9 +113,8 @@ def test_concurrent_overwrites_of_one_partition_lose_no_rows(tmp_path: Path) -> 
 
     # when four processes overwrite that partition at the same moment, each adding its row
     spawn = multiprocessing.get_context("spawn")
-    outcome = spawn.Queue()
-    start_at = time.time() + 5
-    procs = [spawn.Process(target=_overwrite_partition_adding, args=(str(tmp_path), w, start_at, outcome))
+    outcome, barrier = spawn.Queue(), spawn.Barrier(4)
+    procs = [spawn.Process(target=_overwrite_partition_adding, args=(str(tmp_path), w, barrier, outcome))
              for w in range(1, 5)]
     for p in procs:
         p.start()

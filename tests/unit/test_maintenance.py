@@ -43,6 +43,7 @@ def test_sweep_removes_old_unreferenced_files_and_keeps_every_versions_files(tmp
     staging = tmp_path / "_staging" / "20200101T000000Z-deadbeef" / "silver"
     staging.mkdir(parents=True)
     (staging / "staged.parquet").write_bytes(b"x")
+    _age(staging / "staged.parquet", 2 * HOUR)
     recent = tmp_path / "_staging" / time.strftime("%Y%m%dT%H%M%SZ-00000000", time.gmtime())
     recent.mkdir()
 
