@@ -177,6 +177,7 @@ def _row(r: StageResult) -> dict[str, Any]:
         "rows_written": r.rows_written,
         "rows_quarantined": r.rows_quarantined,
         "rows_duplicate": r.rows_duplicate,
+        "files_rejected": r.files_rejected,
         "delta_version": r.version,
         "seconds": round(r.seconds, 2),
         "message": r.message,

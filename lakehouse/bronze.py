@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import io
 import json
 import logging
 import posixpath
+import zlib
+from collections.abc import Collection
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lakehouse import engine, quarantine, table
+from lakehouse import engine, quarantine, rejected_files, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import SchemaMismatch, SourceFileError
 from lakehouse.files import DataFile, write_data_file
@@ -37,6 +40,7 @@ LINEAGE = pa.schema(
 )
 log = logging.getLogger("lakehouse")
 FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json", ".parquet": "parquet"}
+COMPRESSED = ".gz"  # text formats may come gzipped: part-0.csv.gz
 META = pa.schema(
     [
         ("kind", pa.string()),
@@ -58,19 +62,26 @@ def app_id(source: str) -> str:
 
 
 def file_format(path: str) -> str | None:
-    return FORMATS.get(posixpath.splitext(path)[1].lower())
+    base, ext = posixpath.splitext(path.lower())
+    if ext == COMPRESSED:
+        fmt = FORMATS.get(posixpath.splitext(base)[1])
+        return fmt if fmt in ("csv", "json") else None
+    return FORMATS.get(ext)
 
 
-def pending_files(storage: Storage, snap: table.Snapshot) -> tuple[list[dict[str, Any]], list[str]]:
-    """Landed files of the bronze table's source not in ``snap`` yet, by path (the order they are read and ranked
-    in), and the landed files skipped because their extension names no format we read."""
+def pending_files(
+    storage: Storage, snap: table.Snapshot, rejected: Collection[tuple[str, int, int]] = ()
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Landed files of the bronze table's source not in ``snap`` yet and not rejected as they are now (same size
+    and modification time), by path (the order they are read and ranked in), and the landed files skipped because
+    their extension names no format we read."""
     source = snap.ref.name
     done = {f.mins.get("_source_file") for f in snap.files}
     landed = sorted(storage.list_files(f"raw/{source}"), key=lambda f: f.path)
     pending = [
-        {"path": f.path, "size": f.size, "format": file_format(f.path)}
+        {"path": f.path, "size": f.size, "mtime_ms": f.mtime_ms, "format": file_format(f.path)}
         for f in landed
-        if f.path not in done and file_format(f.path) is not None
+        if f.path not in done and file_format(f.path) is not None and (f.path, f.size, f.mtime_ms) not in rejected
     ]
     return pending, [f.path for f in landed if file_format(f.path) is None]
 
@@ -80,9 +91,9 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
-    pending, unknown = pending_files(storage, base)
+    pending, unknown = pending_files(storage, base, rejected_files.known(storage, source))
     ingested = len({f.mins.get("_source_file") for f in base.files})
-    result.inputs = {f"raw.{source}": ingested + len(pending)}
+    result.inputs = {f"raw.{source}": ingested}
     result.version = base.version
     note = ""
     if unknown:
@@ -93,21 +104,33 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     expected = _data_columns(base.schema) if base.exists else None
     kwargs = {"storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat()}
     kwargs["expected"] = expected
+    kwargs["reject_bad"] = ctx.settings.bad_files == "reject"
     meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
+    bad_files = [json.loads(m["file"]) for m in meta if m["kind"] == "rejected"]
+    if bad_files:
+        first = bad_files[0]
+        rejects = f"rejected {len(bad_files)} unreadable file(s) (see _meta.rejected_files)"
+        note = "; ".join(filter(None, [note, f"{rejects}, e.g. {first['path']}: {first['error']}"]))
+        log.warning("%s: %s", result.table, note)
     data = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "bronze"]
     rejected = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "quarantine"]
     columns = _agree_on_columns(source, meta, expected)
     result.files_in = len(pending)
+    result.files_rejected = len(bad_files)
     result.rows_in = sum(m["raw_rows"] for m in meta if m["kind"] == "bronze")
     result.rows_written = sum(f.rows for f in data)
     result.rows_quarantined = sum(f.rows for f in rejected)
-    info = {"run_id": ctx.run_id, "stage": "bronze", "files": len(pending)}
+    result.inputs = {f"raw.{source}": ingested + len(data)}
+    info = {"run_id": ctx.run_id, "stage": "bronze", "files": len(data)}
     quarantine.commit(storage, source, rejected, stage="bronze", replace=False, metadata=info)
-    result.version = table.commit(
-        storage, base, schema=bronze_schema(columns), adds=data, metadata=info,
-        app_transactions={app_id(source): ingested + len(pending)},
-    )
-    return result.finish("committed", note)
+    if data:
+        result.version = table.commit(
+            storage, base, schema=bronze_schema(columns), adds=data, metadata=info,
+            app_transactions={app_id(source): ingested + len(data)},
+        )
+    # After the data commit: a crash in between only means the bad file is read (and rejected) again.
+    rejected_files.record(storage, source, bad_files, ctx.run_id)
+    return result.finish("committed" if data else "skipped", note)
 
 
 def bronze_schema(columns: list[str]) -> pa.Schema:
@@ -151,15 +174,19 @@ def _ingest_file(
     run_id: str,
     ingested_at: str,
     expected: list[str] | None,
+    reject_bad: bool,
 ) -> pa.Table:
     path, fmt = item["path"], item["format"]
     try:
-        with storage.open_input(path) as f:
-            raw = f.read()
-    except OSError as e:
-        raise SourceFileError(f"cannot read: {e}", path=path, source=source) from e
-    reader = {"csv": _read_csv, "json": _read_json, "parquet": _read_parquet}[fmt]
-    rows, lines, bad = reader(raw, path)
+        rows, lines, bad = _read_landed(storage, path, fmt, source)
+    except SourceFileError as e:
+        if not reject_bad:
+            raise
+        rejected = {"path": path, "size": item["size"], "mtime_ms": item["mtime_ms"], "error": e.message}
+        return pa.Table.from_pylist(
+            [{"kind": "rejected", "file": json.dumps(rejected), "landed": path, "raw_rows": 0, "columns": "[]"}],
+            schema=META,
+        )
     if expected is not None and rows.column_names != expected:
         if sorted(rows.column_names) == sorted(expected):
             rows = rows.select(expected)
@@ -209,6 +236,42 @@ def _ingest_file(
 Bad = tuple[int, str, str]  # line number, raw text, reason
 
 
+def _read_landed(storage: Storage, path: str, fmt: str, source: str) -> tuple[pa.Table, list[int], list[Bad]]:
+    """Read a landed file as strings; a file that cannot be read as a whole raises :class:`SourceFileError`."""
+    try:
+        with storage.open_input(path) as f:
+            raw = f.read()
+    except OSError as e:
+        raise SourceFileError(f"cannot read: {e}", path=path, source=source) from e
+    if path.lower().endswith(COMPRESSED):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise SourceFileError(f"truncated or corrupt gzip: {e}", path=path, source=source) from e
+    if not raw.strip():
+        raise SourceFileError("empty file", path=path, source=source)
+    if fmt != "parquet":
+        _check_text(raw, path)
+    reader = {"csv": _read_csv, "json": _read_json, "parquet": _read_parquet}[fmt]
+    rows, lines, bad = reader(raw, path)
+    if rows.num_rows == 0 and not bad:
+        raise SourceFileError("no data rows (only a header)" if fmt == "csv" else "no data rows", path=path)
+    return rows, lines, bad
+
+
+def _check_text(raw: bytes, path: str) -> None:
+    """Text formats must be UTF-8 text: binary junk would otherwise come out as a few garbled rows."""
+    head = raw[: 1 << 16]
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise SourceFileError(f"binary data, not UTF-8 text (a NUL byte at offset {nul})", path=path)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the 64 KiB boundary
+            raise SourceFileError(f"not UTF-8 text (byte 0x{head[e.start]:02x} at offset {e.start})", path=path) from e
+
+
 def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
     """All values as strings; lines with the wrong number of fields are set aside with their record number.
 
@@ -237,6 +300,10 @@ def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
         )
     except pa.ArrowInvalid as e:
         raise SourceFileError(f"not a readable CSV file: {e}", path=path) from e
+    spans = _swallows_lines(rows) or any("\n" in text for _, text, _ in bad)
+    if b'"' in raw and spans and (opened := _unclosed_quote_line(raw)) is not None:
+        # A quote never closed swallows the rest of the file into the last value, which the reader accepts.
+        raise SourceFileError(f"a quoted value opened on line {opened} is never closed", path=path)
     # The valid rows are the record numbers not taken by a bad record. pyarrow skips blank lines without numbering
     # them: map record numbers back to line numbers when the file has any.
     taken = {b[0] for b in bad}
@@ -251,6 +318,42 @@ def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
         lines = [to_line(n) for n in lines]
         bad = [(to_line(n), text, reason) for n, text, reason in bad]
     return rows, lines, bad
+
+
+def _swallows_lines(rows: pa.Table) -> bool:
+    """Does the last row hold a value spanning lines (what an unclosed quote makes of the rest of a file, unless the
+    swallowed record ends up with the wrong number of fields: then it is a bad record spanning lines)?"""
+    if not rows.num_rows:
+        return False
+    last = rows.slice(rows.num_rows - 1)
+    return any("\n" in (last.column(i)[0].as_py() or "") for i in range(last.num_columns))
+
+
+def _unclosed_quote_line(raw: bytes) -> int | None:
+    """The line where a quoted value that is never closed opens, or None when every one is closed.
+
+    As the reader sees it: a quote opens a quoted value only at the start of a field (elsewhere it is a literal
+    character, as in ``12" pizza``), and inside one a doubled quote is an escaped quote. Only called for a file with
+    after the last row was seen to span lines, so the byte-by-byte scan is rare.
+    """
+    line, opened, inside, field_start, i, n = 1, 0, False, True, 0, len(raw)
+    while i < n:
+        byte = raw[i]
+        if inside:
+            if byte == 0x22:
+                if i + 1 < n and raw[i + 1] == 0x22:
+                    i += 1  # an escaped quote
+                else:
+                    inside = False
+            elif byte == 0x0A:
+                line += 1
+        elif byte == 0x22 and field_start:
+            inside, opened = True, line
+        elif byte == 0x0A:
+            line += 1
+        field_start = not inside and byte in (0x2C, 0x0A)  # after a comma or a newline
+        i += 1
+    return opened if inside else None
 
 
 def _record_lines(raw: bytes) -> Any:
@@ -271,7 +374,11 @@ def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
     bad: list[Bad] = []
     columns: dict[str, None] = {}
     # Records are separated by "\n" only: str.splitlines() would also split on U+2028, U+0085, ... inside strings.
-    for number, line in enumerate(raw.decode("utf-8-sig", errors="replace").split("\n"), start=1):
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceFileError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", path=path) from e
+    for number, line in enumerate(text.split("\n"), start=1):
         line = line.removesuffix("\r")
         if not line.strip():
             continue

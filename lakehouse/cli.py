@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--root", help="local path or s3://bucket/prefix (default: $LAKEHOUSE_ROOT or lakehouse-data)")
     run.add_argument("--pipeline", default="tpch")
     run.add_argument("--full-refresh", action="store_true", help="rebuild silver and gold from bronze")
+    run.add_argument("--bad-files", choices=("reject", "fail"), default=None,
+                     help="unreadable landed files: record them in _meta.rejected_files and go on (default), or fail")
     run.set_defaults(func=_run)
 
     bf = sub.add_parser("backfill", help="rebuild silver and gold for a range of months from bronze")
@@ -70,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = settings_from_env(args.root, pipeline=args.pipeline)
+    overrides = {"bad_files": args.bad_files} if args.bad_files else {}
+    settings = settings_from_env(args.root, pipeline=args.pipeline, **overrides)
     start = time.monotonic()
     return _report(runner.run(settings, full_refresh=args.full_refresh), start)
 

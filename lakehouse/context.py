@@ -62,6 +62,7 @@ class StageResult:
     ended_at: dt.datetime | None = None
     message: str = ""
     files_in: int = 0
+    files_rejected: int = 0  # landed files that could not be read (see _meta.rejected_files)
     partitions: int = 0
     # The versions of the input tables this stage read ("bronze.orders" -> 7), so a user can ask which silver
     # version a gold table was built from; bronze reads landed files and records how many it has ingested in all.

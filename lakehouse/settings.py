@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from lakehouse.errors import ConfigError
 
@@ -48,6 +48,9 @@ class Settings:
     # month takes it in. A table not named here takes every late row (runs select work by landed file, so nothing
     # late is ever missed). N must cover the table's normal spread: TPC-H lines ship up to 4 months after the order.
     lookback_months: Mapping[str, int] = field(default_factory=dict)
+    # A landed file that cannot be read at all (corrupt, empty, binary, an unclosed quote): "reject" records it in
+    # _meta.rejected_files and goes on with the rest; "fail" fails the run naming the file, committing nothing.
+    bad_files: Literal["reject", "fail"] = "reject"
 
     def with_root(self, root: str) -> Settings:
         return replace(self, root=root)
@@ -72,6 +75,11 @@ def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = N
         object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES", str(1 << 30))),
         temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or None,
     )
+    if env.get("LAKEHOUSE_BAD_FILES"):
+        policy = env["LAKEHOUSE_BAD_FILES"]
+        if policy not in ("reject", "fail"):
+            raise ConfigError(f"LAKEHOUSE_BAD_FILES must be reject or fail, not {policy!r}")
+        overrides.setdefault("bad_files", policy)
     if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):  # "orders=2,lineitem=6"
         overrides.setdefault("lookback_months", _table_months(env["LAKEHOUSE_LOOKBACK_MONTHS"]))
     return Settings(root=root, storage_options=storage, ray=ray, **overrides)

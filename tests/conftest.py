@@ -136,3 +136,28 @@ def clean(ray_session: None, landed_raw: Path, tmp_path_factory: pytest.TempPath
     shutil.copytree(landed_raw, root / "raw")
     assert lakehouse.run(Settings(root=str(root), ray=RAY)).ok
     return Clean(tables=contents(root), versions=versions(root))
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, str]]:
+    """A real S3-compatible HTTP server (moto) on loopback with a bucket ``lake``; the deltalake-style options."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    opts = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+    client.create_bucket(Bucket="lake")
+    yield opts
+    server.stop()

@@ -170,3 +170,27 @@ def test_file_format_by_extension_and_bronze_schema() -> None:
     schema = bronze_schema(["k", "v"])
     assert schema.names == ["k", "v", "_source_file", "_source_line", "_ingested_at", "_run_id"]
     assert schema.field("k").type == pa.string() and schema.field("_source_line").type == pa.int64()
+
+
+def test_an_unclosed_quote_is_refused_naming_the_line_it_opened_on() -> None:
+    # pyarrow would read this as one row whose last value swallows the rest of the file
+    raw = b'a,b\n1,"x ""quoted"" fine"\n2,"never closed\n3,z\n4,w\n'
+    with pytest.raises(SourceFileError, match="opened on line 3 is never closed"):
+        _read_csv(raw, "raw/t/quote.csv")
+
+
+def test_compressed_text_files_have_their_inner_format() -> None:
+    assert file_format("raw/t/part-0.csv.gz") == "csv"
+    assert file_format("raw/t/part-0.NDJSON.GZ") == "json"
+    assert file_format("raw/t/part-0.parquet.gz") is None
+    assert file_format("raw/t/notes.txt.gz") is None
+
+
+def test_a_quote_inside_an_unquoted_value_is_just_a_character() -> None:
+    rows, lines, bad = _read_csv(b'a,b\n1,12" pizza\n2,"say ""hi"", then go"\n', "raw/t/ok.csv")
+    assert rows.column("b").to_pylist() == ['12" pizza', 'say "hi", then go'] and lines == [2, 3] and not bad
+
+
+def test_ndjson_that_is_not_utf8_is_refused_wherever_the_bad_byte_is() -> None:
+    with pytest.raises(SourceFileError, match="byte 0xe9 at offset 10"):
+        _read_json('{"x": "caf\u00e9"}'.encode("latin-1"), "raw/t/latin1.ndjson")
