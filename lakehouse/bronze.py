@@ -29,6 +29,7 @@ from lakehouse.errors import SchemaMismatch, SourceFileError
 from lakehouse.files import DataFile, write_data_file
 from lakehouse.storage import Storage
 from lakehouse.table import TableRef
+from lakehouse.validation import model_dtypes
 
 LINEAGE = pa.schema(
     [
@@ -105,6 +106,9 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     kwargs = {"storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat()}
     kwargs["expected"] = expected
     kwargs["reject_bad"] = ctx.settings.bad_files == "reject"
+    evolve = ctx.settings.new_columns.get(source, "fail") == "evolve"
+    kwargs["evolve"] = evolve
+    kwargs["required"] = _required_columns(ctx, source) if evolve else None
     meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
     bad_files = [json.loads(m["file"]) for m in meta if m["kind"] == "rejected"]
     if bad_files:
@@ -114,7 +118,12 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
         log.warning("%s: %s", result.table, note)
     data = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "bronze"]
     rejected = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "quarantine"]
-    columns = _agree_on_columns(source, meta, expected)
+    columns = _agree_on_columns(source, meta, expected, evolve=evolve)
+    added = [c for c in columns if expected is not None and c not in expected]
+    if added and data:
+        # A version of its own, just before the data's: a crash in between leaves a table with empty new columns.
+        base = table.add_columns(storage, base, [pa.field(c, pa.string()) for c in added])
+        note = "; ".join(filter(None, [note, f"added column(s) {', '.join(added)} (new in landed files)"]))
     result.files_in = len(pending)
     result.files_rejected = len(bad_files)
     result.rows_in = sum(m["raw_rows"] for m in meta if m["kind"] == "bronze")
@@ -133,6 +142,15 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     return result.finish("committed" if data else "skipped", note)
 
 
+def _required_columns(ctx: RunContext, source: str) -> list[str]:
+    """The columns the silver models built from ``source`` need: a landed file without one cannot go further."""
+    # The pipeline declaration knows the models; imported here because the runner imports this module.
+    from lakehouse.runner import pipeline
+
+    spec = pipeline(ctx.settings.pipeline)
+    return sorted({c for s in spec.silver if s.source == source for c in model_dtypes(s.model)})
+
+
 def bronze_schema(columns: list[str]) -> pa.Schema:
     return pa.schema([(c, pa.string()) for c in columns] + list(LINEAGE))
 
@@ -141,9 +159,12 @@ def _data_columns(schema: pa.Schema | None) -> list[str]:
     return [n for n in (schema.names if schema else []) if n not in LINEAGE.names]
 
 
-def _agree_on_columns(source: str, meta: list[dict[str, Any]], expected: list[str] | None) -> list[str]:
+def _agree_on_columns(
+    source: str, meta: list[dict[str, Any]], expected: list[str] | None, *, evolve: bool
+) -> list[str]:
     """The bronze columns: the table's, or on a first ingest the first file's; every file must have the same set
-    (in any order: Delta readers match columns by name)."""
+    (in any order: Delta readers match columns by name). With ``evolve``, columns new to the table are added (the
+    workers already refused a file missing one of the table's columns)."""
     columns = expected
     for m in meta:
         if m["kind"] != "bronze":
@@ -151,6 +172,8 @@ def _agree_on_columns(source: str, meta: list[dict[str, Any]], expected: list[st
         cols = json.loads(m["columns"])
         if columns is None:
             columns = cols
+        elif evolve:
+            columns = columns + [c for c in cols if c not in columns]
         elif set(cols) != set(columns):
             raise SchemaMismatch(_describe_difference(columns, cols), table=f"bronze.{source}", path=m["landed"])
     return columns or []
@@ -175,6 +198,8 @@ def _ingest_file(
     ingested_at: str,
     expected: list[str] | None,
     reject_bad: bool,
+    evolve: bool,
+    required: list[str] | None,
 ) -> pa.Table:
     path, fmt = item["path"], item["format"]
     try:
@@ -188,12 +213,19 @@ def _ingest_file(
             schema=META,
         )
     if expected is not None and rows.column_names != expected:
-        if sorted(rows.column_names) == sorted(expected):
-            rows = rows.select(expected)
-        else:
+        new = [c for c in rows.column_names if c not in expected]
+        missing = [c for c in expected if c not in rows.column_names]
+        if evolve:  # a column may come and go, as long as the silver models' columns are all there
+            missing = [c for c in missing if c in (required or [])]
+            new = []
+        if missing or new:
             raise SchemaMismatch(
-                _describe_difference(expected, rows.column_names), table=f"bronze.{source}", path=path
+                _describe_difference(expected, rows.column_names) if not evolve
+                else f"missing column {missing[0]!r}", table=f"bronze.{source}", path=path,
+                column=(missing or new)[0],
             )
+        present = [c for c in expected if c in rows.column_names]
+        rows = rows.select(present + [c for c in rows.column_names if c not in expected])
     n = rows.num_rows
     when = dt.datetime.fromisoformat(ingested_at)
     lineage = {

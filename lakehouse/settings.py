@@ -7,7 +7,7 @@ call it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -51,6 +51,10 @@ class Settings:
     # A landed file that cannot be read at all (corrupt, empty, binary, an unclosed quote): "reject" records it in
     # _meta.rejected_files and goes on with the rest; "fail" fails the run naming the file, committing nothing.
     bad_files: Literal["reject", "fail"] = "reject"
+    # Schema drift, per source: a landed file with a column the table does not have fails the run naming the file and
+    # the column ("fail", the default), or "evolve" adds it to bronze and silver (null for earlier rows), as dbt's
+    # append_new_columns. A file missing one of the table's columns always fails.
+    new_columns: Mapping[str, Literal["evolve", "fail"]] = field(default_factory=dict)
 
     def with_root(self, root: str) -> Settings:
         return replace(self, root=root)
@@ -81,15 +85,20 @@ def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = N
             raise ConfigError(f"LAKEHOUSE_BAD_FILES must be reject or fail, not {policy!r}")
         overrides.setdefault("bad_files", policy)
     if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):  # "orders=2,lineitem=6"
-        overrides.setdefault("lookback_months", _table_months(env["LAKEHOUSE_LOOKBACK_MONTHS"]))
+        months = _pairs("LAKEHOUSE_LOOKBACK_MONTHS", env["LAKEHOUSE_LOOKBACK_MONTHS"], lambda v: v.isdigit())
+        overrides.setdefault("lookback_months", {k: int(v) for k, v in months.items()})
+    if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
+        policies = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"], lambda v: v in ("evolve", "fail"))
+        overrides.setdefault("new_columns", policies)
     return Settings(root=root, storage_options=storage, ray=ray, **overrides)
 
 
-def _table_months(text: str) -> dict[str, int]:
+def _pairs(name: str, text: str, valid: Callable[[str], bool]) -> dict[str, str]:
+    """``table=value,table=value`` from an environment variable."""
     found = {}
     for entry in filter(None, (e.strip() for e in text.split(","))):
-        name, _, months = entry.partition("=")
-        if not name or not months.strip().isdigit():
-            raise ConfigError(f"LAKEHOUSE_LOOKBACK_MONTHS: expected table=months, got {entry!r}")
-        found[name.strip()] = int(months)
+        key, _, value = (part.strip() for part in entry.partition("="))
+        if not key or not valid(value):
+            raise ConfigError(f"{name}: cannot read {entry!r} (expected table=value, e.g. orders=2)")
+        found[key] = value
     return found

@@ -49,9 +49,11 @@ def app_id(name: str) -> str:
     return f"lakehouse/silver.{name}"
 
 
-def arrow_schema(spec: SilverSpec) -> pa.Schema:
-    """Model columns with their types, bronze lineage, then the partition column."""
+def arrow_schema(spec: SilverSpec, extra: tuple[str, ...] = ()) -> pa.Schema:
+    """Model columns with their types, ``extra`` columns (new in landed files, schema drift policy ``evolve``) as
+    strings, bronze lineage, then the partition column."""
     fields = [(c, POLARS_TO_ARROW[t]) for c, t in model_dtypes(spec.model).items()]
+    fields += [(c, pa.string()) for c in extra]
     fields += [(n, bronze.LINEAGE.field(n).type) for n in LINEAGE]
     if spec.partition:
         fields.append((spec.partition.column, pa.date32()))
@@ -79,7 +81,9 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         return result.finish("skipped", "up to date")
     new_files = _files_since(storage, source, mark)
     staging = f"_staging/{ctx.run_id}/silver/{spec.name}"
-    common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
+    extra = _new_columns(ctx, spec, source)
+    common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
+              "extra": extra}
     try:
         reads = [{"path": f.path} for f in new_files if f.rows]
         # Only an incremental batch can be late: a full refresh takes every row, like a clean run, and a backfill
@@ -129,10 +133,13 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
         if months:
             info["backfill"] = list(months)
+        have = set(base.schema.names) if base.schema else set()
+        if base.exists and [c for c in extra if c not in have]:
+            base = table.add_columns(storage, base, [pa.field(c, pa.string()) for c in extra if c not in have])
         result.version = table.commit(
             storage,
             base,
-            schema=arrow_schema(spec),
+            schema=arrow_schema(spec, extra),
             adds=adds,
             removes=replaced,
             partition_by=(spec.partition.column,) if spec.partition else (),
@@ -148,6 +155,15 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         released = quarantine.release_late(storage, spec.name, months, run_id=ctx.run_id)
         note = f"took in {released} late rows held in quarantine" if released else ""
     return result.finish("committed", note)
+
+
+def _new_columns(ctx: RunContext, spec: SilverSpec, source: table.Snapshot) -> tuple[str, ...]:
+    """Bronze columns the model does not know, carried into silver as strings when the source's policy for new
+    columns is ``evolve`` (otherwise silver has exactly the model's columns)."""
+    if ctx.settings.new_columns.get(spec.source, "fail") != "evolve" or source.schema is None:
+        return ()
+    known = set(model_dtypes(spec.model)) | set(bronze.LINEAGE.names)
+    return tuple(c for c in source.schema.names if c not in known)
 
 
 def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
@@ -277,6 +293,7 @@ def _validate_file(
     max_rows: int,
     months: tuple[str, str] | None,
     cutoff: str | None,
+    extra: tuple[str, ...],
 ) -> pa.Table:
     raw = read_files(storage, bronze.ref(spec.source).rel, [{"path": item["path"], "partition_values": {}}])
     missing = [c for c in model_dtypes(spec.model) if c not in raw.columns]
@@ -286,7 +303,7 @@ def _validate_file(
             f"required column {missing[0]!r} is missing (the model needs {', '.join(missing)})",
             table=str(ref(spec.name)), path=landed, column=missing[0],
         )
-    extra: tuple[RowCheck, ...] = ()
+    checks: tuple[RowCheck, ...] = ()
     if cutoff and spec.partition:
         # Older than the lookback window: held in quarantine until a backfill of its month takes it in.
         column = spec.partition.source_column
@@ -294,14 +311,15 @@ def _validate_file(
         if months:
             month = pl.col(column).dt.truncate("1mo")
             late = late & ~month.is_between(dt.date.fromisoformat(months[0]), dt.date.fromisoformat(months[1]))
-        extra = (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
-    split = split_valid(raw, spec.model, extra)
+        checks = (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
+    split = split_valid(raw, spec.model, checks)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
     if split.rejected.height:
         qfile = _write_rejected(storage, spec, raw, split.rejected, run_id)
         out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows, "kept": 0})
-    valid = split.valid
-    schema = arrow_schema(spec)
+    # Files landed before a column was added lack it: null there.
+    valid = split.valid.with_columns(pl.lit(None, pl.String).alias(c) for c in extra if c not in raw.columns)
+    schema = arrow_schema(spec, extra)
     file_schema = schema
     if spec.partition:
         p = spec.partition
@@ -366,16 +384,18 @@ def _merge_partition(
     staging: str,
     max_rows: int,
     owners: Any,
+    extra: tuple[str, ...],
 ) -> pa.Table:
     values = item["partition_values"]
     staged = read_files(storage, staging, [{"path": p, "partition_values": values} for p in item["staged"]])
     if not item["staged"]:  # a partition rewritten only because a key moved out of it
-        staged = _frame(without(arrow_schema(spec), [spec.partition.column] if spec.partition else []).empty_table())
+        part = [spec.partition.column] if spec.partition else []
+        staged = _frame(without(arrow_schema(spec, extra), part).empty_table())
     existing = read_files(storage, ref(spec.name).rel, item["existing"])
     frames = [staged.with_columns(pl.lit(True).alias("__new"))]
     if existing.height:
         frames.insert(0, existing.with_columns(pl.lit(False).alias("__new")))
-    candidates = pl.concat(frames, how="vertical_relaxed")
+    candidates = pl.concat(frames, how="diagonal_relaxed")  # rows written before a new column read it as null
     if owners is not None:
         # Rows whose key's latest row belongs to another partition leave this one.
         owner: pl.DataFrame = engine.fetch(owners)
@@ -387,7 +407,7 @@ def _merge_partition(
         .unique(subset=list(spec.keys), keep="last", maintain_order=True)
     )
     kept = int(merged.get_column("__new").sum())
-    schema = arrow_schema(spec)
+    schema = arrow_schema(spec, extra)
     if spec.partition:
         schema = without(schema, [spec.partition.column])
     files = write_frame(

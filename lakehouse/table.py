@@ -197,6 +197,22 @@ def commit(
     return latest.version()
 
 
+def add_columns(storage: Storage, base: Snapshot, fields: list[pa.Field]) -> Snapshot:
+    """Widen the table's schema by ``fields`` (nullable; existing rows read them as null) in one version made against
+    ``base``, and return the snapshot after it. A concurrent commit raises :class:`CommitConflict`."""
+    from deltalake import Field
+
+    dt = _open(storage, base.ref, base.version)
+    assert dt is not None
+    delta_fields = [Field(f.name, _delta_schema(pa.schema([f])).fields[0].type, nullable=True) for f in fields]
+    props = CommitProperties(max_commit_retries=0, custom_metadata={f"{META_PREFIX}stage": "add_columns"})
+    try:
+        dt.alter.add_columns(delta_fields, commit_properties=props)
+    except CommitFailedError as e:
+        raise CommitConflict(f"concurrent commit after version {base.version}: {e}", table=str(base.ref)) from e
+    return snapshot(storage, base.ref)
+
+
 def _delta_schema(schema: pa.Schema) -> Any:
     from deltalake import Schema
 

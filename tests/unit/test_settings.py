@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lakehouse.errors import ConfigError
 from lakehouse.settings import RaySettings, Settings, settings_from_env
 
 AWS = {
@@ -72,3 +73,15 @@ def test_does_not_read_os_environ_when_env_is_given(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("LAKEHOUSE_RAY_CPUS", "64")
     s = settings_from_env(env={"LAKEHOUSE_ROOT": "/from/mapping"})
     assert s.root == "/from/mapping" and s.ray.num_cpus == 2
+
+
+def test_per_table_policies_come_from_the_environment() -> None:
+    env = {"LAKEHOUSE_LOOKBACK_MONTHS": "orders=2, lineitem=6", "LAKEHOUSE_NEW_COLUMNS": "orders=evolve",
+           "LAKEHOUSE_BAD_FILES": "fail"}
+    s = settings_from_env("/tmp/lake", env=env)
+    assert (s.lookback_months, s.new_columns, s.bad_files) == ({"orders": 2, "lineitem": 6}, {"orders": "evolve"},
+                                                               "fail")
+    with pytest.raises(ConfigError, match="LAKEHOUSE_NEW_COLUMNS: cannot read 'orders=maybe'"):
+        settings_from_env("/tmp/lake", env={"LAKEHOUSE_NEW_COLUMNS": "orders=maybe"})
+    with pytest.raises(ConfigError, match="LAKEHOUSE_BAD_FILES"):
+        settings_from_env("/tmp/lake", env={"LAKEHOUSE_BAD_FILES": "ignore"})
