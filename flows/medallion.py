@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
@@ -25,6 +25,7 @@ from lakehouse import LakehouseError, RunContext, StageResult
 from lakehouse.engine import ray_session  # Ray itself is imported only when a stage first needs it
 
 SUMMARY_KEY = "medallion-run-summary"
+QUALITY_KEY = "medallion-quality-report"
 TASK_TIMEOUT_SECONDS = 3600
 
 
@@ -135,7 +136,8 @@ def _run_stage(
     try:
         return stage(ctx, arg)
     except LakehouseError as e:
-        failed = StageResult(table=str(e.context.get("table") or table), started_at=started)
+        failed = StageResult(table=str(e.context.get("table") or table), started_at=started,
+                             checks=lakehouse.checks.of_error(e))
         results.append(failed.finish("failed", str(e)))
         raise
     except Exception as e:
@@ -158,8 +160,10 @@ def _report(ctx: RunContext, results: list[StageResult], seconds: float) -> None
             description=f"Run `{ctx.run_id}` of pipeline `{ctx.settings.pipeline}` on `{ctx.settings.root}` "
             f"({seconds:.1f}s{', full refresh' if ctx.full_refresh else ''})",
         )
-    except Exception:  # the summary is a convenience: never let it hide the run's own outcome
-        logger.exception("could not publish the run summary artifact")
+        create_markdown_artifact(key=QUALITY_KEY, markdown=quality_report(ctx, results),
+                                 description=f"Quality report of run `{ctx.run_id}`")
+    except Exception:  # the artifacts are a convenience: never let them hide the run's own outcome
+        logger.exception("could not publish the run's artifacts")
     try:
         lakehouse.record(ctx, results)
     except Exception:
@@ -167,6 +171,30 @@ def _report(ctx: RunContext, results: list[StageResult], seconds: float) -> None
             raise
         # Already failing: the stage's error is the one to report; this one only goes to the log.
         logger.exception("could not record run %s in _meta.runs", ctx.run_id)
+
+
+def quality_report(ctx: RunContext, results: list[StageResult]) -> str:
+    """Markdown: every quality check of the run with its verdict, then what each table quarantined or rejected."""
+    lines = [f"# Quality report: run `{ctx.run_id}`", ""]
+    evaluated = [c for r in results for c in r.checks]
+    failed = [c for c in evaluated if not c.passed]
+    lines += [f"**{len(evaluated) - len(failed)} of {len(evaluated)} checks passed.**" if evaluated
+              else "No quality checks are configured for these tables.", ""]
+    if evaluated:
+        lines += ["| table | check | observed | threshold | action | result |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c.table} | {c.check} | {c.observed:.4g} | {c.threshold:.4g} | {c.action} | "
+                  f"{'passed' if c.passed else '**FAILED**: ' + c.message} |" for c in evaluated]
+        lines.append("")
+    held = [r for r in results if r.rows_quarantined or r.files_rejected]
+    lines += ["## Quarantine and rejected files", ""]
+    if held:
+        lines += ["| table | rows in | rows quarantined | files rejected |", "|---|---|---|---|"]
+        lines += [f"| {r.table} | {r.rows_in} | {r.rows_quarantined} | {r.files_rejected} |" for r in held]
+        lines += ["", "Rows: `lakehouse query \"SELECT * FROM quarantine.<table> WHERE _run_id = "
+                      f"'{ctx.run_id}'\"`; files: `_meta.rejected_files`."]
+    else:
+        lines.append("Nothing was quarantined or rejected.")
+    return "\n".join(lines)
 
 
 def _row(r: StageResult) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """lakehouse: a medallion ETL engine (bronze → silver → gold Delta tables) on Ray Data, driven by Prefect."""
 
+from lakehouse import checks
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import (
     CommitConflict,
     ConfigError,
     LakehouseError,
+    QualityGateFailed,
     SchemaMismatch,
     SourceFileError,
     StageError,
@@ -17,6 +19,7 @@ __all__ = [
     "CommitConflict",
     "ConfigError",
     "LakehouseError",
+    "QualityGateFailed",
     "RaySettings",
     "RunContext",
     "RunReport",
@@ -29,6 +32,7 @@ __all__ = [
     "backfill",
     "build_gold",
     "build_silver",
+    "checks",
     "ingest",
     "pipeline",
     "record",

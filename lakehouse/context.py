@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lakehouse.settings import Settings
 from lakehouse.storage import Storage
@@ -67,6 +67,8 @@ class StageResult:
     # The versions of the input tables this stage read ("bronze.orders" -> 7), so a user can ask which silver
     # version a gold table was built from; bronze reads landed files and records how many it has ingested in all.
     inputs: dict[str, int] = field(default_factory=dict)
+    # The quality checks evaluated for this table in this run (lakehouse.checks.CheckResult), recorded in _meta.checks.
+    checks: list[Any] = field(default_factory=list)
 
     def finish(self, status: Status, message: str = "") -> StageResult:
         self.status = status

@@ -75,6 +75,10 @@ class TransientStorageError(LakehouseError):
     retryable = True
 
 
+class QualityGateFailed(LakehouseError):
+    """A table-level quality check failed before the table's commit (context: table, check, checks)."""
+
+
 class StageError(LakehouseError):
     """A stage failed for a reason the engine did not anticipate: a worker that kept dying, a bug (context: table).
     The original exception is its ``__cause__``."""

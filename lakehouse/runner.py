@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from lakehouse import bronze, engine, gold, maintenance, runlog, silver
+from lakehouse import bronze, checks, engine, gold, maintenance, runlog, silver
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.settings import Settings
@@ -61,7 +61,9 @@ def build_gold(ctx: RunContext, name: str) -> StageResult:
 
 
 def record(ctx: RunContext, results: list[StageResult]) -> None:
+    """The run's record: ``_meta.runs`` (a row per table) and ``_meta.checks`` (a row per evaluated check)."""
     runlog.record(ctx, results)
+    checks.record(ctx.storage, ctx.run_id, [c for r in results for c in r.checks])
 
 
 # A commit that lost a race is re-planned from the table as the winner left it; more than a few losses in a row means
@@ -170,7 +172,8 @@ def _run_stages(ctx: RunContext, stages: list[Callable[[], StageResult]]) -> Run
                 report.results.append(stage())
         except LakehouseError as e:
             report.error = e
-            report.results.append(StageResult(table=str(e.context.get("table", "?"))).finish("failed", str(e)))
+            failed = StageResult(table=str(e.context.get("table", "?")), checks=checks.of_error(e))
+            report.results.append(failed.finish("failed", str(e)))
         finally:
             record(ctx, report.results)
     if report.ok and any(r.status == "committed" for r in report.results):

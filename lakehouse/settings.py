@@ -55,6 +55,9 @@ class Settings:
     # the column ("fail", the default), or "evolve" adds it to bronze and silver (null for earlier rows), as dbt's
     # append_new_columns. A file missing one of the table's columns always fails.
     new_columns: Mapping[str, Literal["evolve", "fail"]] = field(default_factory=dict)
+    # Quality gate, per silver table ("*" for every table): the largest share of a batch's rows that may go to
+    # quarantine; above it the run fails before the table commits. A table without one has no such gate.
+    max_quarantined_share: Mapping[str, float] = field(default_factory=dict)
 
     def with_root(self, root: str) -> Settings:
         return replace(self, root=root)

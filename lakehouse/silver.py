@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from lakehouse import bronze, engine, quarantine, table
+from lakehouse import bronze, checks, engine, quarantine, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import SchemaMismatch
 from lakehouse.files import DataFile, partition_value
@@ -128,6 +128,13 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         # A backfill counts its months' rows only; their rejects are recorded already (the commit skips them).
         result.rows_in = new_in if months else sum(m["n"] for m in staged if m["kind"] == "read")
         result.rows_quarantined = 0 if months else sum(f.rows for f in rejected)
+        gate = ctx.settings.max_quarantined_share
+        threshold = gate.get(spec.name, gate.get("*"))
+        if threshold is not None and not months:  # before any commit: a failed gate leaves no trace
+            result.checks.append(
+                checks.quarantined_share(result.table, result.rows_in, result.rows_quarantined, threshold)
+            )
+            checks.enforce(result.checks)
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]

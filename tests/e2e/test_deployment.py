@@ -126,6 +126,10 @@ def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack
         actual = pl.read_delta(str(root / "gold" / table))
         assert_frames_match(actual, expected(root / "raw", table), keys)
 
+    report = _artifact(stack, first, "medallion-quality-report")
+    assert report.type == "markdown" and "# Quality report: run `" in report.data
+    assert "Nothing was quarantined or rejected." in report.data
+
     versions = {table: _delta_version(root / "gold" / table) for table in SORT}
     second = _run_deployment(stack, root)
     assert second != first
@@ -215,6 +219,19 @@ def _summary(stack: Stack, flow_run_id: UUID) -> list[dict[str, Any]]:
     rows = json.loads(data) if isinstance(data, str) else data
     assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows), rows
     return rows
+
+
+def _artifact(stack: Stack, flow_run_id: UUID, key: str) -> Any:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with _client(stack) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])
+            )
+        )
+    assert len(found) == 1, found
+    return found[0]
 
 
 def _client(stack: Stack) -> SyncPrefectClient:
