@@ -142,6 +142,21 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
     return result.finish("committed" if data else "skipped", note)
 
 
+def _check_new_names(columns: list[str], expected: list[str], required: list[str], source: str, path: str) -> None:
+    """A column a file brings in (policy evolve) must not clash with ours: lineage and engine columns start with "_",
+    and two names that differ only in case are one column to most readers."""
+    seen: dict[str, str] = {c.lower(): c for c in [*expected, *required]}
+    for c in columns:
+        if c in expected or c in required:
+            continue
+        clash = seen.get(c.lower())
+        if c.startswith("_") or clash is not None:
+            why = f"clashes with column {clash!r}" if clash else "names starting with '_' are the engine's"
+            raise SchemaMismatch(f"new column {c!r} cannot be added: {why}", table=f"bronze.{source}", path=path,
+                                 column=c)
+        seen[c.lower()] = c
+
+
 def _required_columns(ctx: RunContext, source: str) -> list[str]:
     """The columns the silver models built from ``source`` need: a landed file without one cannot go further."""
     # The pipeline declaration knows the models; imported here because the runner imports this module.
@@ -212,6 +227,10 @@ def _ingest_file(
             [{"kind": "rejected", "file": json.dumps(rejected), "landed": path, "raw_rows": 0, "columns": "[]"}],
             schema=META,
         )
+    if evolve:
+        _check_new_names(rows.column_names, expected or [], required or [], source, path)
+    if expected is None and required:  # a first ingest under evolve: the models' columns must still be there
+        expected = [c for c in rows.column_names if c in required] + [c for c in required if c not in rows.column_names]
     if expected is not None and rows.column_names != expected:
         new = [c for c in rows.column_names if c not in expected]
         missing = [c for c in expected if c not in rows.column_names]

@@ -90,6 +90,9 @@ def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = N
     if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):  # "orders=2,lineitem=6"
         months = _pairs("LAKEHOUSE_LOOKBACK_MONTHS", env["LAKEHOUSE_LOOKBACK_MONTHS"], lambda v: v.isdigit())
         overrides.setdefault("lookback_months", {k: int(v) for k, v in months.items()})
+    if env.get("LAKEHOUSE_MAX_QUARANTINED_SHARE"):  # "orders=0.01" or "*=0.01"
+        shares = _pairs("LAKEHOUSE_MAX_QUARANTINED_SHARE", env["LAKEHOUSE_MAX_QUARANTINED_SHARE"], _is_share)
+        overrides.setdefault("max_quarantined_share", {k: float(v) for k, v in shares.items()})
     if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
         policies = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"], lambda v: v in ("evolve", "fail"))
         overrides.setdefault("new_columns", policies)
@@ -105,3 +108,10 @@ def _pairs(name: str, text: str, valid: Callable[[str], bool]) -> dict[str, str]
             raise ConfigError(f"{name}: cannot read {entry!r} (expected table=value, e.g. orders=2)")
         found[key] = value
     return found
+
+
+def _is_share(text: str) -> bool:
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False

@@ -81,7 +81,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         return result.finish("skipped", "up to date")
     new_files = _files_since(storage, source, mark)
     staging = f"_staging/{ctx.run_id}/silver/{spec.name}"
-    extra = _new_columns(ctx, spec, source)
+    extra = _new_columns(ctx, spec, source, base)
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
               "extra": extra}
     try:
@@ -131,8 +131,9 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         gate = ctx.settings.max_quarantined_share
         threshold = gate.get(spec.name, gate.get("*"))
         if threshold is not None and not months:  # before any commit: a failed gate leaves no trace
+            late = sum(m["n"] for m in staged if m["kind"] == "late")
             result.checks.append(
-                checks.quarantined_share(result.table, result.rows_in, result.rows_quarantined, threshold)
+                checks.quarantined_share(result.table, result.rows_in, result.rows_quarantined - late, threshold)
             )
             checks.enforce(result.checks)
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
@@ -164,13 +165,20 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     return result.finish("committed", note)
 
 
-def _new_columns(ctx: RunContext, spec: SilverSpec, source: table.Snapshot) -> tuple[str, ...]:
-    """Bronze columns the model does not know, carried into silver as strings when the source's policy for new
-    columns is ``evolve`` (otherwise silver has exactly the model's columns)."""
-    if ctx.settings.new_columns.get(spec.source, "fail") != "evolve" or source.schema is None:
-        return ()
-    known = set(model_dtypes(spec.model)) | set(bronze.LINEAGE.names)
-    return tuple(c for c in source.schema.names if c not in known)
+def _new_columns(
+    ctx: RunContext, spec: SilverSpec, source: table.Snapshot, base: table.Snapshot
+) -> tuple[str, ...]:
+    """Columns beyond the model's, carried as strings: those silver already has (once added, a column is kept, whatever
+    the policy of a later run), and, when the source's policy for new columns is ``evolve``, bronze's new ones."""
+    known = set(model_dtypes(spec.model)) | set(arrow_schema(spec).names)
+    have = [c for c in (base.schema.names if base.schema else []) if c not in known]
+    if ctx.settings.new_columns.get(spec.source, "fail") == "evolve" and source.schema is not None:
+        have += [c for c in source.schema.names if c not in known and c not in have and c in _bronze_data(source)]
+    return tuple(have)
+
+
+def _bronze_data(source: table.Snapshot) -> set[str]:
+    return {c for c in (source.schema.names if source.schema else []) if c not in bronze.LINEAGE.names}
 
 
 def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
@@ -324,6 +332,9 @@ def _validate_file(
     if split.rejected.height:
         qfile = _write_rejected(storage, spec, raw, split.rejected, run_id)
         out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows, "kept": 0})
+        held = int(split.rejected.get_column("check").str.starts_with(quarantine.LATE).sum())
+        if held:  # held back by the lookback on purpose: counted, but not against the quality gate
+            out.append({"kind": "late", "file": "", "n": held, "kept": 0})
     # Files landed before a column was added lack it: null there.
     valid = split.valid.with_columns(pl.lit(None, pl.String).alias(c) for c in extra if c not in raw.columns)
     schema = arrow_schema(spec, extra)

@@ -210,7 +210,9 @@ def add_columns(storage: Storage, base: Snapshot, fields: list[pa.Field]) -> Sna
         dt.alter.add_columns(delta_fields, commit_properties=props)
     except CommitFailedError as e:
         raise CommitConflict(f"concurrent commit after version {base.version}: {e}", table=str(base.ref)) from e
-    return snapshot(storage, base.ref)
+    assert base.version is not None
+    # The version we just made, not the latest: a commit planned from it must conflict with anyone who came after.
+    return snapshot(storage, base.ref, version=base.version + 1)
 
 
 def _delta_schema(schema: pa.Schema) -> Any:

@@ -68,9 +68,10 @@ def test_with_evolve_a_new_column_reaches_bronze_and_silver_and_old_rows_read_nu
     was, now = contents(tpch_lake.root), contents(lake.root)
     assert_same_lake({"silver.lineitem": now["silver.lineitem"]}, {"silver.lineitem": was["silver.lineitem"]})
 
-    # and a full refresh rebuilds silver with the column from bronze, the same as the incremental run
+    # and a full refresh, even by a run that does not say evolve, rebuilds silver with the column from bronze, the
+    # same as the incremental run (a column once added is kept)
     incremental = pl.read_delta(str(lake.root / "silver/orders")).drop("_ingested_at").sort("o_orderkey")
-    assert lakehouse.run(settings, full_refresh=True).ok
+    assert lakehouse.run(lake.settings, full_refresh=True).ok
     refreshed = pl.read_delta(str(lake.root / "silver/orders")).drop("_ingested_at").sort("o_orderkey")
     assert refreshed.select(incremental.columns).equals(incremental)
 
@@ -106,3 +107,20 @@ def test_with_evolve_a_column_no_model_needs_may_be_missing_later(lake_copy: Cal
     assert report.ok, report.error
     silver = pl.read_delta(str(lake.root / "silver/orders")).filter(pl.col("o_orderkey") == 9300004)
     assert silver.select("o_comment", "o_channel").rows() == [("old shape", None)]
+
+
+def test_with_evolve_a_new_column_may_not_take_an_engine_name(lake_copy: Callable[[], Lake]) -> None:
+    lake = lake_copy()
+    settings = dataclasses.replace(lake.settings, new_columns={"orders": "evolve"})
+    (lake.raw / "orders/drift").mkdir()
+    (lake.raw / "orders/drift/part-0.csv").write_text(
+        f"{COLUMNS},_run_id\n9300005,1,O,1.00,1992-02-10,1-URGENT,Clerk#000000001,0,x,mine\n"
+    )
+    before = versions(lake.root)
+
+    report = lakehouse.run(settings)
+
+    assert isinstance(report.error, SchemaMismatch)
+    assert str(report.error) == ("bronze.orders (raw/orders/drift/part-0.csv): new column '_run_id' cannot be "
+                                 "added: names starting with '_' are the engine's")
+    assert versions(lake.root) == before

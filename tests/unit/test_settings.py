@@ -83,5 +83,9 @@ def test_per_table_policies_come_from_the_environment() -> None:
                                                                "fail")
     with pytest.raises(ConfigError, match="LAKEHOUSE_NEW_COLUMNS: cannot read 'orders=maybe'"):
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_NEW_COLUMNS": "orders=maybe"})
+    gate = settings_from_env("/tmp/lake", env={"LAKEHOUSE_MAX_QUARANTINED_SHARE": "*=0.01,orders=0.05"})
+    assert gate.max_quarantined_share == {"*": 0.01, "orders": 0.05}
+    with pytest.raises(ConfigError, match="LAKEHOUSE_MAX_QUARANTINED_SHARE"):
+        settings_from_env("/tmp/lake", env={"LAKEHOUSE_MAX_QUARANTINED_SHARE": "orders=5%"})
     with pytest.raises(ConfigError, match="LAKEHOUSE_BAD_FILES"):
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_BAD_FILES": "ignore"})
