@@ -8,13 +8,12 @@ retries only errors that say a retry can help.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
@@ -63,6 +62,9 @@ def gold(ctx: RunContext, name: str) -> StageResult:
     return _logged(lakehouse.build_gold(ctx, name))
 
 
+TASKS: dict[str, Task[..., StageResult]] = {"bronze": bronze, "silver": silver, "gold": gold}
+
+
 def _logged(result: StageResult) -> StageResult:
     get_run_logger().info(
         "%s: %s in %.1fs (read=%d written=%d quarantined=%d duplicate=%d version=%s)",
@@ -89,36 +91,21 @@ def medallion(
     """
     logger = get_run_logger()
     settings = lakehouse.settings_from_env(root, pipeline=pipeline)
-    spec = lakehouse.pipeline(pipeline)
     ctx = RunContext.start(settings, full_refresh=full_refresh)
-    stages: list[tuple[str, Callable[..., StageResult], RunContext, str]] = []
-    if from_month or to_month:
-        if not (from_month and to_month) or full_refresh:
-            raise lakehouse.ConfigError("a backfill needs both from_month and to_month, and no full_refresh")
-        months = lakehouse.runner.month_range(from_month, to_month)
-        batches = lakehouse.runner.backfill_batches(months, batch_months)
-        logger.info("run %s: backfill of %s..%s on %s in %d batch(es)", ctx.run_id, from_month, to_month,
-                    settings.root, len(batches))
-        for batch in batches:
-            bctx = dataclasses.replace(ctx, months=batch)
-            label = f"[{batch[0][:7]}..{batch[1][:7]}]"
-            stages += [(f"silver.{s.name}", silver.with_options(task_run_name=f"silver.{s.name}{label}"), bctx,
-                        s.name) for s in spec.silver if s.partition]
-            stages += [(f"gold.{g.name}", gold.with_options(task_run_name=f"gold.{g.name}{label}"), bctx, g.name)
-                       for g in spec.gold]
-    else:
-        logger.info("run %s of pipeline %s on %s (full_refresh=%s)", ctx.run_id, pipeline, settings.root,
-                    full_refresh)
-        stages += [(f"bronze.{s}", bronze, ctx, s) for s in spec.sources]
-        stages += [(f"silver.{s.name}", silver, ctx, s.name) for s in spec.silver]
-        stages += [(f"gold.{g.name}", gold, ctx, g.name) for g in spec.gold]
+    if (from_month is None) != (to_month is None):
+        raise lakehouse.ConfigError("a backfill needs both from_month and to_month")
+    months = (from_month, to_month) if from_month and to_month else None
+    stages = lakehouse.runner.plan(ctx, months, batch_months)
+    what = f"backfill of {from_month}..{to_month}" if months else f"full_refresh={full_refresh}"
+    logger.info("run %s of pipeline %s on %s (%s): %d stages", ctx.run_id, pipeline, settings.root, what, len(stages))
     results: list[StageResult] = []
     started = time.monotonic()
     # One Ray for the whole run (started on first use), shared by the stages; they run one at a time.
     with ray_session(settings.ray):
         try:
-            for table, stage, stage_ctx, arg in stages:
-                results.append(_run_stage(table, stage, stage_ctx, arg, results))
+            for stage in stages:
+                task = TASKS[stage.layer].with_options(task_run_name=stage.label)
+                results.append(_run_stage(stage.table, task, stage.ctx, stage.name, results))
         finally:
             _report(ctx, results, time.monotonic() - started)
     if any(r.status == "committed" for r in results):

@@ -29,7 +29,6 @@ from lakehouse.errors import SchemaMismatch, SourceFileError
 from lakehouse.files import DataFile, write_data_file
 from lakehouse.storage import Storage
 from lakehouse.table import TableRef
-from lakehouse.validation import model_dtypes
 
 LINEAGE = pa.schema(
     [
@@ -87,8 +86,9 @@ def pending_files(
     return pending, [f.path for f in landed if file_format(f.path) is None]
 
 
-def ingest(ctx: RunContext, source: str) -> StageResult:
-    """Ingest every pending landed file of ``source`` into ``bronze.<source>`` in one commit."""
+def ingest(ctx: RunContext, source: str, required: Collection[str] = ()) -> StageResult:
+    """Ingest every pending landed file of ``source`` into ``bronze.<source>`` in one commit. ``required`` are the
+    columns the silver models built from it need (a file without one cannot go further)."""
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
@@ -102,13 +102,13 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
         log.warning("%s: %s", result.table, note)
     if not pending:
         return result.finish("skipped", "; ".join(filter(None, ["no new files", note])))
-    expected = _data_columns(base.schema) if base.exists else None
-    kwargs = {"storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat()}
-    kwargs["expected"] = expected
-    kwargs["reject_bad"] = ctx.settings.bad_files == "reject"
+    expected = data_columns(base.schema) if base.exists else None
     evolve = ctx.settings.new_columns.get(source, "fail") == "evolve"
-    kwargs["evolve"] = evolve
-    kwargs["required"] = _required_columns(ctx, source) if evolve else None
+    kwargs = {
+        "storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat(),
+        "expected": expected, "reject_bad": ctx.settings.bad_files == "reject", "evolve": evolve,
+        "required": sorted(required) if evolve else None,
+    }
     meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
     bad_files = [json.loads(m["file"]) for m in meta if m["kind"] == "rejected"]
     if bad_files:
@@ -157,20 +157,11 @@ def _check_new_names(columns: list[str], expected: list[str], required: list[str
         seen[c.lower()] = c
 
 
-def _required_columns(ctx: RunContext, source: str) -> list[str]:
-    """The columns the silver models built from ``source`` need: a landed file without one cannot go further."""
-    # The pipeline declaration knows the models; imported here because the runner imports this module.
-    from lakehouse.runner import pipeline
-
-    spec = pipeline(ctx.settings.pipeline)
-    return sorted({c for s in spec.silver if s.source == source for c in model_dtypes(s.model)})
-
-
 def bronze_schema(columns: list[str]) -> pa.Schema:
     return pa.schema([(c, pa.string()) for c in columns] + list(LINEAGE))
 
 
-def _data_columns(schema: pa.Schema | None) -> list[str]:
+def data_columns(schema: pa.Schema | None) -> list[str]:
     return [n for n in (schema.names if schema else []) if n not in LINEAGE.names]
 
 

@@ -34,8 +34,7 @@ def read_files(
     wanted = None if columns is None else [c for c in columns if c not in partition_types]
     frames = []
     for f in files:
-        df = pl.from_arrow(read_data_file(storage, table_rel, f["path"], columns=wanted))
-        assert isinstance(df, pl.DataFrame)
+        df = to_frame(read_data_file(storage, table_rel, f["path"], columns=wanted))
         for name, dtype in partition_types.items():
             if columns is None or name in columns:
                 df = df.with_columns(_partition_literal(f["partition_values"].get(name), dtype).alias(name))
@@ -43,6 +42,13 @@ def read_files(
     if not frames:
         return pl.DataFrame()
     return pl.concat(frames, how="vertical_relaxed")
+
+
+def to_frame(data: pa.Table) -> pl.DataFrame:
+    """An Arrow table as a Polars DataFrame (``pl.from_arrow`` is typed as maybe returning a Series)."""
+    df = pl.from_arrow(data)
+    assert isinstance(df, pl.DataFrame)
+    return df
 
 
 def _partition_literal(value: str | None, dtype: Any) -> pl.Expr:

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse import table
+from lakehouse.errors import TableError
 from lakehouse.storage import Storage
 from lakehouse.table import TableRef
 
@@ -33,9 +34,11 @@ SCHEMA = pa.schema(
 
 def known(storage: Storage, source: str) -> set[tuple[str, int, int]]:
     """(path, size, mtime_ms) of the files of ``source`` already rejected."""
-    if table.snapshot(storage, REF).version is None:
+    try:
+        found = table.to_arrow_dataset(storage, REF)
+    except TableError:  # nothing rejected yet
         return set()
-    rows = table.to_arrow_dataset(storage, REF).to_table(columns=["source", "path", "size", "mtime_ms"]).to_pylist()
+    rows = found.to_table(columns=["source", "path", "size", "mtime_ms"]).to_pylist()
     return {(r["path"], r["size"], r["mtime_ms"]) for r in rows if r["source"] == source}
 
 

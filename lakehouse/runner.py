@@ -9,17 +9,18 @@ picks up from the watermarks). A stage whose commit lost a race to a concurrent 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 from lakehouse import bronze, checks, engine, gold, maintenance, runlog, silver
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.settings import Settings
 from lakehouse.spec import Pipeline
+from lakehouse.validation import model_dtypes
 
 log = logging.getLogger("lakehouse")
 
@@ -47,7 +48,9 @@ class RunReport:
 
 
 def ingest(ctx: RunContext, source: str) -> StageResult:
-    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, source))
+    spec = pipeline(ctx.settings.pipeline)
+    required = {c for s in spec.silver if s.source == source for c in model_dtypes(s.model)}
+    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, source, required))
 
 
 def build_silver(ctx: RunContext, name: str) -> StageResult:
@@ -109,14 +112,54 @@ def _guarded(ctx: RunContext, table: str, stage: Callable[[], StageResult]) -> S
     return result
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One step of a run: a table's stage (``bronze``, ``silver`` or ``gold``) with the context it runs in (a
+    backfill's carries its batch of months). The CLI and the Prefect flow run the same plan (:func:`plan`)."""
+
+    layer: str
+    name: str
+    ctx: RunContext
+
+    @property
+    def table(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+    @property
+    def label(self) -> str:
+        """The table, and the batch of months of a backfill: ``silver.orders[1995-01..1995-06]``."""
+        months = self.ctx.months
+        return f"{self.table}[{months[0][:7]}..{months[1][:7]}]" if months else self.table
+
+    def __call__(self) -> StageResult:
+        return {"bronze": ingest, "silver": build_silver, "gold": build_gold}[self.layer](self.ctx, self.name)
+
+
+def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months: int = 12) -> list[Stage]:
+    """The stages of a run in order: every source to bronze, then silver, then gold. A ``backfill`` (first and last
+    month, ``YYYY-MM``) is instead, per batch of ``batch_months`` months, the month-partitioned silver tables and then
+    gold."""
+    spec = pipeline(ctx.settings.pipeline)
+    if backfill is None:
+        return [
+            *(Stage("bronze", s, ctx) for s in spec.sources),
+            *(Stage("silver", s.name, ctx) for s in spec.silver),
+            *(Stage("gold", g.name, ctx) for g in spec.gold),
+        ]
+    if ctx.full_refresh:
+        raise ConfigError("a backfill rebuilds months, a full refresh everything: ask for one of them")
+    stages = []
+    for batch in backfill_batches(month_range(*backfill), batch_months):
+        bctx = dataclasses.replace(ctx, months=batch)
+        stages += [Stage("silver", s.name, bctx) for s in spec.silver if s.partition]
+        stages += [Stage("gold", g.name, bctx) for g in spec.gold]
+    return stages
+
+
 def run(settings: Settings, *, full_refresh: bool = False, run_id: str | None = None) -> RunReport:
     """Everything landed and not yet processed, bronze → silver → gold, with Ray started once for the run."""
-    spec = pipeline(settings.pipeline)
     ctx = RunContext.start(settings, full_refresh=full_refresh, run_id=run_id)
-    stages: list[Callable[[], StageResult]] = [partial(ingest, ctx, s) for s in spec.sources]
-    stages += [partial(build_silver, ctx, s.name) for s in spec.silver]
-    stages += [partial(build_gold, ctx, g.name) for g in spec.gold]
-    return _run_stages(ctx, stages)
+    return _run_stages(ctx, plan(ctx))
 
 
 def backfill(
@@ -129,15 +172,8 @@ def backfill(
     partitioned by month. The result equals a clean run over the same bronze: a rebuilt partition holds exactly the
     rows a full refresh would put there.
     """
-    spec = pipeline(settings.pipeline)
-    months = month_range(first, last)
     ctx = RunContext.start(settings, run_id=run_id)
-    stages: list[Callable[[], StageResult]] = []
-    for batch in backfill_batches(months, batch_months):
-        bctx = RunContext(settings=settings, run_id=ctx.run_id, started_at=ctx.started_at, months=batch)
-        stages += [partial(build_silver, bctx, s.name) for s in spec.silver if s.partition]
-        stages += [partial(build_gold, bctx, g.name) for g in spec.gold]
-    return _run_stages(ctx, stages)
+    return _run_stages(ctx, plan(ctx, (first, last), batch_months))
 
 
 def month_range(first: str, last: str) -> list[str]:
@@ -163,7 +199,7 @@ def backfill_batches(months: list[str], batch_months: int) -> list[tuple[str, st
     return [(c[0], c[-1]) for c in chunks]
 
 
-def _run_stages(ctx: RunContext, stages: list[Callable[[], StageResult]]) -> RunReport:
+def _run_stages(ctx: RunContext, stages: list[Stage]) -> RunReport:
     """Run the stages in order under one Ray session, stop at the first failure, record the run whatever happens."""
     report = RunReport(run_id=ctx.run_id)
     with engine.ray_session(ctx.settings.ray):

@@ -31,7 +31,7 @@ from lakehouse import bronze, checks, engine, quarantine, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import SchemaMismatch
 from lakehouse.files import DataFile, partition_value
-from lakehouse.frames import POLARS_TO_ARROW, read_files, without, write_frame
+from lakehouse.frames import POLARS_TO_ARROW, read_files, to_frame, without, write_frame
 from lakehouse.spec import SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
@@ -170,15 +170,11 @@ def _new_columns(
 ) -> tuple[str, ...]:
     """Columns beyond the model's, carried as strings: those silver already has (once added, a column is kept, whatever
     the policy of a later run), and, when the source's policy for new columns is ``evolve``, bronze's new ones."""
-    known = set(model_dtypes(spec.model)) | set(arrow_schema(spec).names)
+    known = set(arrow_schema(spec).names)
     have = [c for c in (base.schema.names if base.schema else []) if c not in known]
-    if ctx.settings.new_columns.get(spec.source, "fail") == "evolve" and source.schema is not None:
-        have += [c for c in source.schema.names if c not in known and c not in have and c in _bronze_data(source)]
+    if ctx.settings.new_columns.get(spec.source, "fail") == "evolve":
+        have += [c for c in bronze.data_columns(source.schema) if c not in known and c not in have]
     return tuple(have)
-
-
-def _bronze_data(source: table.Snapshot) -> set[str]:
-    return {c for c in (source.schema.names if source.schema else []) if c not in bronze.LINEAGE.names}
 
 
 def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
@@ -387,12 +383,6 @@ def _write_rejected(
     return quarantine.write(storage, spec.name, q, stage="silver", source_file=landed, run_id=run_id)
 
 
-def _frame(data: pa.Table) -> pl.DataFrame:
-    df = pl.from_arrow(data)
-    assert isinstance(df, pl.DataFrame)
-    return df
-
-
 def _merge_partition(
     item: dict[str, Any],
     *,
@@ -408,7 +398,7 @@ def _merge_partition(
     staged = read_files(storage, staging, [{"path": p, "partition_values": values} for p in item["staged"]])
     if not item["staged"]:  # a partition rewritten only because a key moved out of it
         part = [spec.partition.column] if spec.partition else []
-        staged = _frame(without(arrow_schema(spec, extra), part).empty_table())
+        staged = to_frame(without(arrow_schema(spec, extra), part).empty_table())
     existing = read_files(storage, ref(spec.name).rel, item["existing"])
     frames = [staged.with_columns(pl.lit(True).alias("__new"))]
     if existing.height:

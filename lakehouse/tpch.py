@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from lakehouse import engine, gold, silver, table
 from lakehouse.context import RunContext, StageResult
-from lakehouse.frames import read_files, write_frame
+from lakehouse.frames import read_files, to_frame, write_frame
 from lakehouse.spec import GoldSpec, MonthPartition, Pipeline, SilverSpec
 from lakehouse.storage import Storage
 from schemas import tpch as models
@@ -180,8 +180,7 @@ def _revenue_partial(item: dict[str, Any], *, storage: Storage, orders: Any) -> 
 
 
 def _revenue_final(partials: pa.Table, *, storage: Storage, rel: str, run_id: str, max_rows: int) -> pa.Table:
-    df = pl.from_arrow(partials)
-    assert isinstance(df, pl.DataFrame)
+    df = to_frame(partials)
     out = df.group_by("order_month", "nation").agg(
         pl.col("revenue").sum(),
         pl.col("l_orderkey").n_unique().cast(pl.Int64).alias("order_count"),
@@ -247,8 +246,7 @@ def _clv_final(
     nations: list[dict[str, Any]],
     max_rows: int,
 ) -> pa.Table:
-    df = pl.from_arrow(partials)
-    assert isinstance(df, pl.DataFrame)
+    df = to_frame(partials)
     totals = df.group_by("o_custkey").agg(
         pl.col("order_count").sum(),
         pl.col("total_spent").sum(),

@@ -14,6 +14,7 @@ import pytest
 import lakehouse
 from lakehouse import CommitConflict, table
 from lakehouse.files import read_data_file, write_data_file
+from lakehouse.frames import to_frame
 from lakehouse.settings import Settings
 from lakehouse.storage import Storage
 from lakehouse.table import TableRef, commit, snapshot
@@ -86,7 +87,7 @@ def _overwrite_partition_adding(storage: Storage, writer: int, barrier: Any, out
         base = snapshot(storage, REF)
         current = [f for f in base.files if f.partition_values == PARTITION]
         rows = pl.concat(
-            [_frame(read_data_file(storage, REF.rel, f.path)) for f in current]
+            [to_frame(read_data_file(storage, REF.rel, f.path)) for f in current]
             + [pl.DataFrame({"k": [writer], "writer": [f"w{writer}"]})]
         )
         data = write_data_file(storage, REF.rel, rows.to_arrow().cast(FILE_SCHEMA), partition_values=PARTITION,
@@ -100,12 +101,6 @@ def _overwrite_partition_adding(storage: Storage, writer: int, barrier: Any, out
         except CommitConflict:
             lost += 1
     outcome.put((writer, -1))
-
-
-def _frame(data: pa.Table) -> pl.DataFrame:
-    df = pl.from_arrow(data)
-    assert isinstance(df, pl.DataFrame)
-    return df
 
 
 @pytest.fixture
