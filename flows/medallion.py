@@ -17,11 +17,13 @@ from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
+from prefect.runtime import flow_run
 from prefect.states import State
 
 import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
 from lakehouse.engine import ray_session  # Ray itself is imported only when a stage first needs it
+from lakehouse.query import query as run_query
 
 SUMMARY_KEY = "medallion-run-summary"
 QUALITY_KEY = "medallion-quality-report"
@@ -66,11 +68,16 @@ TASKS: dict[str, Task[..., StageResult]] = {"bronze": bronze, "silver": silver, 
 
 
 def _logged(result: StageResult) -> StageResult:
+    rate = result.rows_in / result.seconds if result.seconds > 0 else 0.0
     get_run_logger().info(
-        "%s: %s in %.1fs (read=%d written=%d quarantined=%d duplicate=%d version=%s)",
-        result.table, result.status, result.seconds, result.rows_in, result.rows_written,
+        "%s: %s in %.1fs, %.0f rows/s (read=%d written=%d quarantined=%d duplicate=%d version=%s)",
+        result.table, result.status, result.seconds, rate, result.rows_in, result.rows_written,
         result.rows_quarantined, result.rows_duplicate, result.version,
     )
+    for check in result.checks:
+        if not check.passed:
+            get_run_logger().warning("%s: check %s failed (%s): %s", result.table, check.check, check.action,
+                                     check.message)
     return result
 
 
@@ -82,16 +89,22 @@ def medallion(
     from_month: str | None = None,
     to_month: str | None = None,
     batch_months: int = 12,
+    logical_date: dt.date | None = None,
 ) -> list[StageResult]:
     """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed.
 
     With ``from_month`` and ``to_month`` (``YYYY-MM``) it is a backfill instead: the silver partitions of those months
     are rebuilt from bronze, then what they change in gold, ``batch_months`` months per commit (one task per table
     per batch, never one per month).
+
+    ``logical_date`` is the date the run is for (freshness checks measure against it); by default the date the flow
+    run was scheduled for, so a late or retried run of yesterday's schedule is still judged as yesterday's.
     """
     logger = get_run_logger()
     settings = lakehouse.settings_from_env(root, pipeline=pipeline)
-    ctx = RunContext.start(settings, full_refresh=full_refresh)
+    scheduled = flow_run.scheduled_start_time
+    ctx = RunContext.start(settings, full_refresh=full_refresh,
+                           logical_date=logical_date or (scheduled.date() if scheduled else None))
     if (from_month is None) != (to_month is None):
         raise lakehouse.ConfigError("a backfill needs both from_month and to_month")
     months = (from_month, to_month) if from_month and to_month else None
@@ -161,27 +174,65 @@ def _report(ctx: RunContext, results: list[StageResult], seconds: float) -> None
 
 
 def quality_report(ctx: RunContext, results: list[StageResult]) -> str:
-    """Markdown: every quality check of the run with its verdict, then what each table quarantined or rejected."""
+    """Markdown: the checks that failed and what they found, every check with its verdict, drift findings, and what
+    each table quarantined or rejected, with sample rows."""
     lines = [f"# Quality report: run `{ctx.run_id}`", ""]
     evaluated = [c for r in results for c in r.checks]
     failed = [c for c in evaluated if not c.passed]
-    lines += [f"**{len(evaluated) - len(failed)} of {len(evaluated)} checks passed.**" if evaluated
-              else "No quality checks are configured for these tables.", ""]
+    stopped = [c for c in failed if c.action == "fail"]
     if evaluated:
-        lines += ["| table | check | observed | threshold | action | result |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c.table} | {c.check} | {c.observed:.4g} | {c.threshold:.4g} | {c.action} | "
-                  f"{'passed' if c.passed else '**FAILED**: ' + c.message} |" for c in evaluated]
+        lines += [f"**{len(evaluated) - len(failed)} of {len(evaluated)} checks passed**; {len(stopped)} failed and "
+                  f"stopped the run, {len(failed) - len(stopped)} failed as warnings.", ""]
+    else:
+        lines += ["No quality checks are configured for these tables.", ""]
+    if failed:
+        lines += ["## Failed checks", ""]
+        lines += [f"- **{c.table}** `{c.check}` ({c.action}): {_md(c.message)}" for c in failed]
+        lines.append("")
+    if evaluated:
+        lines += ["## All checks", "", "| table | check | observed | threshold | action | result |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c.table} | {_md(c.check)} | {c.observed:.4g} | {c.threshold:.4g} | {c.action} | "
+                  f"{'passed' if c.passed else '**FAILED**: ' + _md(c.message)} |" for c in evaluated]
+        lines.append("")
+    drift = [c for c in evaluated if c.check.startswith("drift_")]
+    if drift:
+        lines += ["## Drift against the previous month", ""]
+        lines += [f"- {c.table} `{c.check}`: {'ok' if c.passed else '**drifted**'}, {_md(c.message)}" for c in drift]
         lines.append("")
     held = [r for r in results if r.rows_quarantined or r.files_rejected]
     lines += ["## Quarantine and rejected files", ""]
     if held:
         lines += ["| table | rows in | rows quarantined | files rejected |", "|---|---|---|---|"]
         lines += [f"| {r.table} | {r.rows_in} | {r.rows_quarantined} | {r.files_rejected} |" for r in held]
-        lines += ["", "Rows: `lakehouse query \"SELECT * FROM quarantine.<table> WHERE _run_id = "
-                      f"'{ctx.run_id}'\"`; files: `_meta.rejected_files`."]
+        lines.append("")
+        for r in held:
+            if r.rows_quarantined:
+                lines += _quarantine_sample(ctx, r.table.split(".", 1)[1])
+        lines += ["Rows: `lakehouse query \"SELECT * FROM quarantine.<table> WHERE _run_id = "
+                  f"'{ctx.run_id}'\"`; files: `_meta.rejected_files`."]
     else:
         lines.append("Nothing was quarantined or rejected.")
     return "\n".join(lines)
+
+
+def _quarantine_sample(ctx: RunContext, table: str, limit: int = 5) -> list[str]:
+    """Up to ``limit`` of the rows this run quarantined for ``table``, as a markdown table."""
+    sql = (f"SELECT stage, \"check\", \"column\", value, _source_file, _source_line FROM quarantine.{table} "
+           f"WHERE _run_id = '{ctx.run_id}' ORDER BY _source_file, _source_line LIMIT {limit}")
+    try:
+        rows = run_query(ctx.storage, sql).to_pylist()
+    except LakehouseError:
+        return []
+    out = [f"Sample of quarantine.{table}:", "", "| stage | check | column | value | file | line |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {r['stage']} | {_md(r['check'])} | {r['column'] or ''} | {_md(str(r['value']))} | "
+            f"{r['_source_file']} | {r['_source_line']} |" for r in rows]
+    return [*out, ""]
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _row(r: StageResult) -> dict[str, Any]:

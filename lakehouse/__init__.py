@@ -12,7 +12,7 @@ from lakehouse.errors import (
     StageError,
     TableError,
 )
-from lakehouse.runner import RunReport, backfill, build_gold, build_silver, ingest, pipeline, record, run
+from lakehouse.runner import RunReport, backfill, build_gold, build_silver, ingest, pipeline, record, replay, run
 from lakehouse.settings import RaySettings, Settings, settings_from_env
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ingest",
     "pipeline",
     "record",
+    "replay",
     "run",
     "settings_from_env",
 ]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lakehouse import engine, quarantine, rejected_files, table
+from lakehouse import checks, engine, quarantine, rejected_files, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import SchemaMismatch, SourceFileError
 from lakehouse.files import DataFile, write_data_file
@@ -96,6 +96,15 @@ def ingest(ctx: RunContext, source: str, required: Collection[str] = ()) -> Stag
     ingested = len({f.mins.get("_source_file") for f in base.files})
     result.inputs = {f"raw.{source}": ingested}
     result.version = base.version
+    result.files_pending = len(pending)
+    if pending:
+        result.pending_seconds = max(0.0, ctx.started_at.timestamp() - min(f["mtime_ms"] for f in pending) / 1000)
+    lag = ctx.settings.max_ingest_lag_seconds
+    threshold = lag.get(source, lag.get("*"))
+    if threshold is not None:
+        action = checks.action_of(ctx.settings.check_actions, source, "ingest_lag")
+        result.checks.append(checks.ingest_lag(source, len(pending), result.pending_seconds, threshold, action))
+        checks.enforce(result.checks)
     note = ""
     if unknown:
         note = f"ignored {len(unknown)} landed file(s) of unknown format, e.g. {unknown[0]}"

@@ -7,6 +7,7 @@ functions the Prefect flow calls. It needs no Prefect server.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 import time
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--root", help="local path or s3://bucket/prefix (default: $LAKEHOUSE_ROOT or lakehouse-data)")
     run.add_argument("--pipeline", default="tpch")
     run.add_argument("--full-refresh", action="store_true", help="rebuild silver and gold from bronze")
+    run.add_argument("--logical-date", type=_date, default=None, metavar="YYYY-MM-DD",
+                     help="the date the run is for; freshness checks measure against it (default today)")
     run.add_argument("--bad-files", choices=("reject", "fail"), default=None,
                      help="unreadable landed files: record them in _meta.rejected_files and go on (default), or fail")
     run.set_defaults(func=_run)
@@ -68,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--root")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=_query)
+
+    qu = sub.add_parser("quarantine", help="quarantined rows")
+    qsub = qu.add_subparsers(dest="action", required=True)
+    rp = qsub.add_parser("replay", help="re-validate a table's quarantined rows with its model as it is now; merge "
+                                        "those that pass into silver, then update gold")
+    rp.add_argument("--table", required=True, help="silver table, e.g. orders")
+    rp.add_argument("--root")
+    rp.add_argument("--pipeline", default="tpch")
+    rp.set_defaults(func=_replay)
     return p
 
 
@@ -75,13 +87,26 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"bad_files": args.bad_files} if args.bad_files else {}
     settings = settings_from_env(args.root, pipeline=args.pipeline, **overrides)
     start = time.monotonic()
-    return _report(runner.run(settings, full_refresh=args.full_refresh), start)
+    return _report(runner.run(settings, full_refresh=args.full_refresh, logical_date=args.logical_date), start)
 
 
 def _backfill(args: argparse.Namespace) -> int:
     settings = settings_from_env(args.root, pipeline=args.pipeline)
     start = time.monotonic()
     return _report(runner.backfill(settings, args.first, args.last, batch_months=args.batch_months), start)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from e
+
+
+def _replay(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    settings = settings_from_env(args.root, pipeline=args.pipeline)
+    return _report(runner.replay(settings, args.table), start)
 
 
 def _report(report: runner.RunReport, start: float) -> int:

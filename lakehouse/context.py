@@ -28,6 +28,12 @@ class RunContext:
     full_refresh: bool = False
     # A backfill: the first days of the first and last month (ISO dates) whose partitions this run rebuilds.
     months: tuple[str, str] | None = None
+    # The date the run is for (freshness is measured against it); None: the day it started (UTC).
+    logical_date: dt.date | None = None
+
+    @property
+    def as_of(self) -> dt.date:
+        return self.logical_date or self.started_at.date()
 
     @classmethod
     def start(
@@ -37,10 +43,11 @@ class RunContext:
         full_refresh: bool = False,
         run_id: str | None = None,
         months: tuple[str, str] | None = None,
+        logical_date: dt.date | None = None,
     ) -> RunContext:
         now = dt.datetime.now(dt.UTC)
         return cls(settings=settings, run_id=run_id or new_run_id(now), started_at=now, full_refresh=full_refresh,
-                   months=months)
+                   months=months, logical_date=logical_date)
 
     @property
     def storage(self) -> Storage:
@@ -64,6 +71,9 @@ class StageResult:
     files_in: int = 0
     files_rejected: int = 0  # landed files that could not be read (see _meta.rejected_files)
     partitions: int = 0
+    # Bronze: landed files waiting for ingest when the stage started, and how long the oldest had waited (seconds).
+    files_pending: int = 0
+    pending_seconds: float = 0.0
     # The versions of the input tables this stage read ("bronze.orders" -> 7), so a user can ask which silver
     # version a gold table was built from; bronze reads landed files and records how many it has ingested in all.
     inputs: dict[str, int] = field(default_factory=dict)

@@ -91,7 +91,7 @@ def commit(
     """Commit rejects of ``stage``: skip landed files already recorded, or with ``replace`` swap every earlier file
     of that stage for ``files``. Returns the version, or None when there was nothing to commit."""
     snap = table.snapshot(storage, ref(name))
-    earlier = [f for f in snap.files if _stage(f) == stage]
+    earlier = [f for f in snap.files if stage_of(f) == stage]
     if replace:
         removes = earlier
     else:
@@ -103,7 +103,8 @@ def commit(
     return table.commit(storage, snap, schema=SCHEMA, adds=files, removes=removes, metadata=metadata)
 
 
-def _stage(f: TableFile) -> str | None:
+def stage_of(f: TableFile) -> str | None:
+    """The stage whose rejects ``f`` holds (each file holds one stage's), from the log's stats."""
     return f.mins.get("stage") if f.mins.get("stage") == f.maxs.get("stage") else None
 
 
@@ -119,7 +120,7 @@ def release_late(storage: Storage, name: str, months: tuple[str, str], *, run_id
     just taken into silver; returns how many. Each affected file is rewritten on a worker without those rows, in one
     commit; files with no late rows are not read."""
     snap = table.snapshot(storage, ref(name))
-    late = [f for f in snap.files if _stage(f) == "silver" and _may_hold_late(f)]
+    late = [f for f in snap.files if stage_of(f) == "silver" and _may_hold_late(f)]
     if not late:
         return 0
     kwargs = {"storage": storage, "name": name, "months": list(months), "run_id": run_id}

@@ -36,6 +36,8 @@ SCHEMA = pa.schema(
         ("message", pa.string()),
         ("full_refresh", pa.bool_()),
         ("inputs", pa.string()),
+        ("files_pending", pa.int64()),
+        ("pending_seconds", pa.float64()),
     ]
 )
 
@@ -64,6 +66,8 @@ def record(ctx: RunContext, results: list[StageResult]) -> None:
             "message": r.message,
             "full_refresh": ctx.full_refresh,
             "inputs": json.dumps(r.inputs, sort_keys=True),
+            "files_pending": r.files_pending,
+            "pending_seconds": round(r.pending_seconds, 3),
         }
         for r in results
     ]

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lakehouse import bronze, checks, engine, gold, maintenance, runlog, silver
 from lakehouse.context import RunContext, StageResult
@@ -56,6 +57,11 @@ def ingest(ctx: RunContext, source: str) -> StageResult:
 def build_silver(ctx: RunContext, name: str) -> StageResult:
     spec = pipeline(ctx.settings.pipeline).silver_spec(name)
     return _guarded(ctx, str(silver.ref(name)), lambda: silver.build(ctx, spec))
+
+
+def replay_silver(ctx: RunContext, name: str) -> StageResult:
+    spec = pipeline(ctx.settings.pipeline).silver_spec(name)
+    return _guarded(ctx, str(silver.ref(name)), lambda: silver.replay(ctx, spec))
 
 
 def build_gold(ctx: RunContext, name: str) -> StageResult:
@@ -123,7 +129,7 @@ class Stage:
 
     @property
     def table(self) -> str:
-        return f"{self.layer}.{self.name}"
+        return f"silver.{self.name}" if self.layer == "replay" else f"{self.layer}.{self.name}"
 
     @property
     def label(self) -> str:
@@ -132,7 +138,8 @@ class Stage:
         return f"{self.table}[{months[0][:7]}..{months[1][:7]}]" if months else self.table
 
     def __call__(self) -> StageResult:
-        return {"bronze": ingest, "silver": build_silver, "gold": build_gold}[self.layer](self.ctx, self.name)
+        stages = {"bronze": ingest, "silver": build_silver, "replay": replay_silver, "gold": build_gold}
+        return stages[self.layer](self.ctx, self.name)
 
 
 def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months: int = 12) -> list[Stage]:
@@ -140,6 +147,7 @@ def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months:
     month, ``YYYY-MM``) is instead, per batch of ``batch_months`` months, the month-partitioned silver tables and then
     gold."""
     spec = pipeline(ctx.settings.pipeline)
+    check_names(ctx.settings, spec)
     if backfill is None:
         return [
             *(Stage("bronze", s, ctx) for s in spec.sources),
@@ -156,9 +164,42 @@ def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months:
     return stages
 
 
-def run(settings: Settings, *, full_refresh: bool = False, run_id: str | None = None) -> RunReport:
-    """Everything landed and not yet processed, bronze → silver → gold, with Ray started once for the run."""
-    ctx = RunContext.start(settings, full_refresh=full_refresh, run_id=run_id)
+def check_names(settings: Settings, spec: Pipeline) -> None:
+    """Per-table and per-source settings must name tables and sources of the pipeline (or ``*``): a misspelt name
+    would otherwise be a gate silently not applied."""
+    tables = {s.name for s in spec.silver} | {"*"}
+    sources = set(spec.sources) | {"*"}
+    options: dict[str, tuple[set[str], Any]] = {
+        "lookback_months": (tables, settings.lookback_months),
+        "max_quarantined_share": (tables, settings.max_quarantined_share),
+        "batch_rows": (tables, settings.batch_rows),
+        "freshness_days": (tables, settings.freshness_days),
+        "expect_delivery": (tables, settings.expect_delivery),
+        "new_columns": (sources, settings.new_columns),
+        "max_ingest_lag_seconds": (sources, settings.max_ingest_lag_seconds),
+    }
+    for option, (known, names) in options.items():
+        for name in names:
+            if name not in known:
+                raise ConfigError(f"setting {option} names {name!r}, which is not a table or source of pipeline "
+                                  f"{spec.name} (known: {', '.join(sorted(known - {'*'}))})")
+    for key in settings.check_actions:
+        name, _, check = key.rpartition(".")
+        if check not in checks.DEFAULT_ACTIONS or (name and name not in tables | sources):
+            raise ConfigError(f"setting check_actions: cannot apply {key!r} (write check or table.check; checks: "
+                              f"{', '.join(checks.DEFAULT_ACTIONS)})")
+
+
+def run(
+    settings: Settings,
+    *,
+    full_refresh: bool = False,
+    run_id: str | None = None,
+    logical_date: dt.date | None = None,
+) -> RunReport:
+    """Everything landed and not yet processed, bronze → silver → gold, with Ray started once for the run.
+    ``logical_date`` is the date the run is for (freshness is measured against it; default today)."""
+    ctx = RunContext.start(settings, full_refresh=full_refresh, run_id=run_id, logical_date=logical_date)
     return _run_stages(ctx, plan(ctx))
 
 
@@ -174,6 +215,18 @@ def backfill(
     """
     ctx = RunContext.start(settings, run_id=run_id)
     return _run_stages(ctx, plan(ctx, (first, last), batch_months))
+
+
+def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunReport:
+    """Re-validate the silver table ``table``'s quarantined rows with its model as it is now, merge those that pass
+    into silver (the rest stay), then bring gold up to date with the change."""
+    ctx = RunContext.start(settings, run_id=run_id)
+    spec = pipeline(settings.pipeline)
+    check_names(settings, spec)
+    if table not in {s.name for s in spec.silver}:
+        known = ", ".join(s.name for s in spec.silver)
+        raise ConfigError(f"no silver table {table!r} in pipeline {spec.name} (known: {known})")
+    return _run_stages(ctx, [Stage("replay", table, ctx), *(Stage("gold", g.name, ctx) for g in spec.gold)])
 
 
 def month_range(first: str, last: str) -> list[str]:

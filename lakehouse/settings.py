@@ -58,6 +58,18 @@ class Settings:
     # Quality gate, per silver table ("*" for every table): the largest share of a batch's rows that may go to
     # quarantine; above it the run fails before the table commits. A table without one has no such gate.
     max_quarantined_share: Mapping[str, float] = field(default_factory=dict)
+    # More gates, per silver table ("*" for every table), over the model's own (see lakehouse.checks.Gates): the range
+    # of valid rows an incremental batch may bring (None: unbounded), the freshness SLA in days (newest event date vs
+    # the run's logical date), and the tables whose source must deliver every run (no new rows fails empty_batch).
+    batch_rows: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    freshness_days: Mapping[str, float] = field(default_factory=dict)
+    expect_delivery: tuple[str, ...] = ()
+    # Ingest lag, per source ("*" for every source): the longest a landed file may wait for ingest (seconds, measured
+    # at the start of a run) before the ingest_lag check fails.
+    max_ingest_lag_seconds: Mapping[str, float] = field(default_factory=dict)
+    # A check's action other than its default (lakehouse.checks.DEFAULT_ACTIONS): "freshness" or "orders.freshness"
+    # -> "fail" or "warn".
+    check_actions: Mapping[str, Literal["warn", "fail"]] = field(default_factory=dict)
 
     def with_root(self, root: str) -> Settings:
         return replace(self, root=root)
@@ -93,6 +105,21 @@ def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = N
     if env.get("LAKEHOUSE_MAX_QUARANTINED_SHARE"):  # "orders=0.01" or "*=0.01"
         shares = _pairs("LAKEHOUSE_MAX_QUARANTINED_SHARE", env["LAKEHOUSE_MAX_QUARANTINED_SHARE"], _is_share)
         overrides.setdefault("max_quarantined_share", {k: float(v) for k, v in shares.items()})
+    if env.get("LAKEHOUSE_BATCH_ROWS"):  # "orders=1..500000,lineitem=1.."
+        ranges = _pairs("LAKEHOUSE_BATCH_ROWS", env["LAKEHOUSE_BATCH_ROWS"], _is_range)
+        overrides.setdefault("batch_rows", {k: _range(v) for k, v in ranges.items()})
+    if env.get("LAKEHOUSE_FRESHNESS_DAYS"):  # "orders=2"
+        days = _pairs("LAKEHOUSE_FRESHNESS_DAYS", env["LAKEHOUSE_FRESHNESS_DAYS"], _is_number)
+        overrides.setdefault("freshness_days", {k: float(v) for k, v in days.items()})
+    if env.get("LAKEHOUSE_EXPECT_DELIVERY"):  # "orders,lineitem"
+        overrides.setdefault("expect_delivery", tuple(t.strip() for t in env["LAKEHOUSE_EXPECT_DELIVERY"].split(",")
+                                                      if t.strip()))
+    if env.get("LAKEHOUSE_MAX_INGEST_LAG_SECONDS"):  # "*=3600"
+        lag = _pairs("LAKEHOUSE_MAX_INGEST_LAG_SECONDS", env["LAKEHOUSE_MAX_INGEST_LAG_SECONDS"], _is_number)
+        overrides.setdefault("max_ingest_lag_seconds", {k: float(v) for k, v in lag.items()})
+    if env.get("LAKEHOUSE_CHECK_ACTIONS"):  # "orders.freshness=fail,references=fail"
+        actions = _pairs("LAKEHOUSE_CHECK_ACTIONS", env["LAKEHOUSE_CHECK_ACTIONS"], lambda v: v in ("warn", "fail"))
+        overrides.setdefault("check_actions", actions)
     if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
         policies = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"], lambda v: v in ("evolve", "fail"))
         overrides.setdefault("new_columns", policies)
@@ -108,6 +135,23 @@ def _pairs(name: str, text: str, valid: Callable[[str], bool]) -> dict[str, str]
             raise ConfigError(f"{name}: cannot read {entry!r} (expected table=value, e.g. orders=2)")
         found[key] = value
     return found
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
+def _is_range(text: str) -> bool:
+    low, sep, high = text.partition("..")
+    return bool(sep) and all(not p or p.isdigit() for p in (low, high))
+
+
+def _range(text: str) -> tuple[int | None, int | None]:
+    low, _, high = text.partition("..")
+    return (int(low) if low else None, int(high) if high else None)
 
 
 def _is_share(text: str) -> bool:

@@ -29,16 +29,18 @@ import pyarrow as pa
 
 from lakehouse import bronze, checks, engine, quarantine, table
 from lakehouse.context import RunContext, StageResult
-from lakehouse.errors import SchemaMismatch
-from lakehouse.files import DataFile, partition_value
+from lakehouse.errors import QualityGateFailed, SchemaMismatch
+from lakehouse.files import DataFile, partition_value, read_data_file
 from lakehouse.frames import POLARS_TO_ARROW, read_files, to_frame, without, write_frame
 from lakehouse.spec import SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
-from lakehouse.validation import ROW_ID, RowCheck, model_dtypes, split_valid
+from lakehouse.validation import ROW_ID, RowCheck, Split, model_dtypes, model_metadata, split_valid
 
 LINEAGE = ("_source_file", "_source_line", "_ingested_at")
-META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64()), ("kept", pa.int64())])
+# What a worker task reports: a file it wrote (kind, DataFile JSON, rows) or a finding (kind, JSON in info).
+META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64()), ("kept", pa.int64()),
+                  ("info", pa.string())])
 
 
 def ref(name: str) -> TableRef:
@@ -76,14 +78,22 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         return result.finish("skipped", "not partitioned by month: a backfill leaves it as it is")
     # A full refresh or a backfill rebuilds (all or some) partitions from every bronze row, not from the table.
     rebuild = ctx.full_refresh or months is not None
+    gate = checks.gates(spec.name, model_metadata(spec.model), ctx.settings)
     mark = None if rebuild else table.txn_version(storage, ref(spec.name), app_id(spec.name))
     if mark is not None and mark >= source.version:
+        # Nothing new is when a stale feed shows: freshness is checked all the same.
+        if gate.freshness_days is not None and spec.partition:
+            result.checks.append(_freshness(ctx, spec, gate, list(base.files), []))
+        if gate.expect_delivery:
+            result.checks.append(checks.empty_batch(gate, f"nothing new in {source.ref} since version {mark}"))
+        checks.enforce(result.checks)
         return result.finish("skipped", "up to date")
     new_files = _files_since(storage, source, mark)
     staging = f"_staging/{ctx.run_id}/silver/{spec.name}"
     extra = _new_columns(ctx, spec, source, base)
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
               "extra": extra}
+    measures = _measures(spec) if gate.drift and spec.partition else None
     try:
         reads = [{"path": f.path} for f in new_files if f.rows]
         # Only an incremental batch can be late: a full refresh takes every row, like a clean run, and a backfill
@@ -93,52 +103,22 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         kwargs = {**common, "staging": staging, "months": months, "cutoff": cutoff}
         staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs=kwargs))
         rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
-        by_partition: dict[str, list[str]] = {}
-        for m in staged:
-            if m["kind"] == "staged":
-                f = DataFile.from_json(m["file"])
-                by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
-        if months:  # every partition of the range is rebuilt, including those left with no rows
-            for existing in base.files:
-                if _in_months(existing.partition_values, spec, months):
-                    by_partition.setdefault(_partition_key(existing), [])
-        outside = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "keys"]
-        owners, moved = _key_owners(
-            storage, spec, base, staging, by_partition, outside, full_refresh=ctx.full_refresh, rebuild=rebuild
+        merged, replaced, result.partitions = _merge_staged(
+            ctx, spec, base, staged, staging, common, measures=measures, rebuild=rebuild
         )
-        for key in moved:
-            by_partition.setdefault(key, [])
-        replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
-        merges: list[dict[str, Any]] = [
-            {
-                "partition_values": json.loads(key),
-                "staged": paths,
-                # rebuilt partitions start empty; one a key moved out of keeps its other rows
-                "existing": [] if rebuild and key not in moved else [f.item() for f in _in_partition(base, key, spec)],
-            }
-            for key, paths in by_partition.items()
-        ]
-        kwargs = {**common, "staging": staging, "owners": owners}
-        merged = engine.collect(engine.run_tasks(merges, _merge_partition, fn_kwargs=kwargs))
         result.files_in = len(new_files)
-        result.partitions = len(merges)
         new_in = sum(m["n"] for m in merged)
         result.rows_written = sum(m["kept"] for m in merged)
         result.rows_duplicate = new_in - result.rows_written
         # A backfill counts its months' rows only; their rejects are recorded already (the commit skips them).
         result.rows_in = new_in if months else sum(m["n"] for m in staged if m["kind"] == "read")
         result.rows_quarantined = 0 if months else sum(f.rows for f in rejected)
-        gate = ctx.settings.max_quarantined_share
-        threshold = gate.get(spec.name, gate.get("*"))
-        if threshold is not None and not months:  # before any commit: a failed gate leaves no trace
-            late = sum(m["n"] for m in staged if m["kind"] == "late")
-            result.checks.append(
-                checks.quarantined_share(result.table, result.rows_in, result.rows_quarantined - late, threshold)
-            )
-            checks.enforce(result.checks)
+        adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
+        # Before any commit: a failed gate leaves no trace.
+        result.checks += _gate_checks(ctx, spec, gate, base, staged, merged, adds, replaced)
+        checks.enforce(result.checks)
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
-        adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
         if months:
             info["backfill"] = list(months)
         have = set(base.schema.names) if base.schema else set()
@@ -163,6 +143,238 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         released = quarantine.release_late(storage, spec.name, months, run_id=ctx.run_id)
         note = f"took in {released} late rows held in quarantine" if released else ""
     return result.finish("committed", note)
+
+
+def _merge_staged(
+    ctx: RunContext,
+    spec: SilverSpec,
+    base: table.Snapshot,
+    staged: list[dict[str, Any]],
+    staging: str,
+    common: dict[str, Any],
+    *,
+    measures: list[str] | None,
+    rebuild: bool,
+) -> tuple[list[dict[str, Any]], list[TableFile], int]:
+    """Merge staged rows into their partitions on workers (uncommitted): the merge tasks' reports, the current files
+    the new ones replace, and how many partitions were written."""
+    months = ctx.months
+    by_partition: dict[str, list[str]] = {}
+    for m in staged:
+        if m["kind"] == "staged":
+            f = DataFile.from_json(m["file"])
+            by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
+    if months:  # every partition of the range is rebuilt, including those left with no rows
+        for existing in base.files:
+            if _in_months(existing.partition_values, spec, months):
+                by_partition.setdefault(_partition_key(existing), [])
+    outside = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "keys"]
+    owners, moved = _key_owners(
+        ctx.storage, spec, base, staging, by_partition, outside, full_refresh=ctx.full_refresh, rebuild=rebuild
+    )
+    for key in moved:
+        by_partition.setdefault(key, [])
+    replaced = _replaced_files(base, spec, list(by_partition), full_refresh=ctx.full_refresh)
+    merges: list[dict[str, Any]] = [
+        {
+            "partition_values": json.loads(key),
+            "staged": paths,
+            # rebuilt partitions start empty; one a key moved out of keeps its other rows
+            "existing": [] if rebuild and key not in moved else [f.item() for f in _in_partition(base, key, spec)],
+        }
+        for key, paths in by_partition.items()
+    ]
+    kwargs = {**common, "staging": staging, "owners": owners, "measures": measures}
+    merged = engine.collect(engine.run_tasks(merges, _merge_partition, fn_kwargs=kwargs)) if merges else []
+    return merged, replaced, len(merges)
+
+
+def replay_id(name: str) -> str:
+    return f"lakehouse/replay.{name}"
+
+
+def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
+    """Re-validate the rows of ``quarantine.<name>`` rejected at the silver stage with the model as it is now (after a
+    rule or schema fix) and merge those that pass into silver; the rest stay in quarantine.
+
+    Rows are re-read from bronze (the quarantine record names file and line), so they carry their original lineage
+    and a newer row of the same key still wins. Rows held as late wait for a backfill, and lines bronze could not
+    parse cannot pass any model: both stay. Exactly once: the silver commit carries the quarantine version it replayed
+    (app transaction ``lakehouse/replay.<name>``), then the quarantine commit drops the replayed rows; after a crash
+    in between, a rerun finds the silver commit made and only finishes the quarantine's.
+    """
+    result = StageResult(table=str(ref(spec.name)))
+    storage = ctx.storage
+    qsnap = table.snapshot(storage, quarantine.ref(spec.name))
+    source = table.snapshot(storage, bronze.ref(spec.source))
+    base = table.snapshot(storage, ref(spec.name))
+    result.version = base.version
+    held = [f for f in qsnap.files if quarantine.stage_of(f) == "silver"]
+    if not held or not source.exists or not base.exists:
+        return result.finish("skipped", "nothing quarantined at the silver stage")
+    assert qsnap.version is not None
+    result.inputs = {str(qsnap.ref): qsnap.version, str(source.ref): source.version or 0}
+    done = table.txn_version(storage, ref(spec.name), replay_id(spec.name))
+    merged_already = done is not None and done >= qsnap.version
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for f in source.files:
+        by_source.setdefault(str(f.mins.get("_source_file")), []).append(f.item())
+    items = [{"quarantine": f.item(), "bronze": by_source.get(str(f.mins.get("_source_file")), [])} for f in held]
+    staging = f"_staging/{ctx.run_id}/replay/{spec.name}"
+    extra = _new_columns(ctx, spec, source, base)
+    common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
+              "extra": extra}
+    try:
+        staged = engine.collect(engine.run_tasks(items, _replay_file, fn_kwargs={**common, "staging": staging}))
+        replayed = sum(m["n"] for m in staged if m["kind"] == "replayed")
+        result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
+        result.files_in = len(items)
+        if not replayed:
+            return result.finish("skipped", f"re-validated {result.rows_in} quarantined rows: none passes now")
+        info = {"run_id": ctx.run_id, "stage": "replay", "inputs": result.inputs}
+        if not merged_already:
+            merged, replaced, result.partitions = _merge_staged(
+                ctx, spec, base, staged, staging, common, measures=None, rebuild=False
+            )
+            result.rows_written = sum(m["kept"] for m in merged)
+            result.rows_duplicate = replayed - result.rows_written
+            result.version = table.commit(
+                storage, base, schema=arrow_schema(spec, extra),
+                adds=[DataFile.from_json(m["file"]) for m in merged if m["file"]], removes=replaced,
+                partition_by=(spec.partition.column,) if spec.partition else (),
+                app_transactions={replay_id(spec.name): qsnap.version}, metadata=info,
+            )
+        rewritten = {m["info"] for m in staged if m["kind"] == "rewritten"}
+        table.commit(
+            storage, qsnap, schema=quarantine.SCHEMA,
+            adds=[DataFile.from_json(m["file"]) for m in staged if m["kind"] == "rewritten" and m["file"]],
+            removes=[f for f in held if f.path in rewritten], metadata=info,
+        )
+    finally:
+        storage.delete_dir(staging)
+    left = result.rows_in - replayed
+    note = f"replayed {replayed} of {result.rows_in} quarantined rows; {left} still fail and stay in quarantine"
+    if merged_already:
+        note += "; silver already had them (an earlier replay stopped before its quarantine commit)"
+    return result.finish("committed", note)
+
+
+def _gate_checks(
+    ctx: RunContext,
+    spec: SilverSpec,
+    gate: checks.Gates,
+    base: table.Snapshot,
+    staged: list[dict[str, Any]],
+    merged: list[dict[str, Any]],
+    adds: list[DataFile],
+    replaced: list[TableFile],
+) -> list[checks.CheckResult]:
+    """The table's checks on this batch, before its commit (see :mod:`lakehouse.checks`).
+
+    About the batch (incremental runs and full refreshes; a backfill's rows were checked when they landed): rows kept
+    with warnings, the quarantined share and the batch's row count. About the table as this batch leaves it: orphans
+    of its references (in the partitions written), freshness, and drift of each written month against the one before.
+    """
+    out: list[checks.CheckResult] = []
+    table_name = str(ref(spec.name))
+    batch = ctx.months is None
+    if batch:
+        for (check, column), found in _findings(staged, "warn").items():
+            out.append(checks.warned(table_name, check, column, found["n"], found))
+        quarantined = sum(DataFile.from_json(m["file"]).rows for m in staged if m["kind"] == "quarantine")
+        rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
+        late = sum(m["n"] for m in staged if m["kind"] == "late")
+        if gate.max_quarantined_share is not None:
+            reasons = [f for (c, _), f in _findings(staged, "reasons").items() if not c.startswith(quarantine.LATE)]
+            worst = max(reasons, key=lambda f: f["n"], default=None)
+            out.append(checks.quarantined_share(gate, rows_in, quarantined - late, gate.max_quarantined_share, worst))
+        valid = rows_in - quarantined
+        if gate.batch_rows is not None and not ctx.full_refresh:
+            out.append(checks.batch_rows(gate, valid))
+        if gate.expect_delivery and not ctx.full_refresh and valid == 0:
+            out.append(checks.empty_batch(gate, f"{rows_in} rows landed, none valid"))
+    storage = ctx.storage
+    for column, (parent, key) in gate.references.items():
+        parent_snap = table.snapshot(storage, ref(parent))
+        item = {"child": [{"path": f.path, "partition_values": f.partition_values} for f in adds],
+                "parent": [f.item() for f in parent_snap.files]}
+        kwargs = {"storage": storage, "child_rel": ref(spec.name).rel, "column": column,
+                  "parent_rel": ref(parent).rel, "key": key}
+        if adds:
+            found = json.loads(engine.collect(engine.run_tasks([item], _orphans, fn_kwargs=kwargs))[0]["info"])
+        else:  # the batch wrote nothing
+            found = {"orphans": 0, "checked": 0, "sample": []}
+        out.append(checks.references(gate, column, parent, key, found))
+    kept = [f for f in base.files if f.path not in {r.path for r in replaced}]
+    if gate.freshness_days is not None and spec.partition:
+        out.append(_freshness(ctx, spec, gate, kept, adds))
+    if gate.drift and spec.partition:
+        out += checks.drift(gate, _drift_pairs(ctx, spec, merged, kept))
+    return out
+
+
+def _freshness(
+    ctx: RunContext, spec: SilverSpec, gate: checks.Gates, kept: list[TableFile], adds: list[DataFile]
+) -> checks.CheckResult:
+    """The freshness check from the log's statistics alone: the newest event date of the files the table will hold."""
+    assert spec.partition
+    column = spec.partition.source_column
+    newest = [str(v)[:10] for f in kept if (v := f.maxs.get(column)) is not None]
+    newest += [str(v)[:10] for f in adds if (v := json.loads(f.stats).get("maxValues", {}).get(column))]
+    return checks.freshness(gate, dt.date.fromisoformat(max(newest)) if newest else None, ctx.as_of)
+
+
+def _findings(staged: list[dict[str, Any]], kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Workers' findings of ``kind`` summed over files, per (check, column), with the first file's example."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for m in staged:
+        if m["kind"] == kind:
+            f = json.loads(m["info"])
+            key = (f["check"], f["column"])
+            if key in found:
+                found[key]["n"] += f["n"]
+            else:
+                found[key] = f
+    return found
+
+
+def _measures(spec: SilverSpec) -> list[str]:
+    """The columns whose mean and quantiles drift is measured on: the model's floating-point measures (keys and
+    counters move by design)."""
+    return [c for c, t in model_dtypes(spec.model).items() if t == pl.Float64]
+
+
+def _drift_pairs(
+    ctx: RunContext, spec: SilverSpec, merged: list[dict[str, Any]], kept: list[TableFile]
+) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+    """(month, profile, previous month, profile) for each month written this batch whose previous month has rows:
+    written too, or profiled from its current files on a worker."""
+    assert spec.partition
+    column = spec.partition.column
+    written = {}
+    for m in merged:
+        if m["info"]:
+            found = json.loads(m["info"])
+            written[found["partition"]] = found["profile"]
+    wanted = {_previous_month(month) for month in written} - set(written)
+    by_month: dict[str, list[dict[str, Any]]] = {}
+    for f in kept:
+        month = f.partition_values.get(column)
+        if month in wanted:
+            by_month.setdefault(month, []).append(f.item())
+    items = [{"month": month, "files": files} for month, files in by_month.items()]
+    kwargs = {"storage": ctx.storage, "rel": ref(spec.name).rel, "measures": _measures(spec)}
+    profiles = dict(written)
+    for m in engine.collect(engine.run_tasks(items, _profile_month, fn_kwargs=kwargs)) if items else []:
+        found = json.loads(m["info"])
+        profiles[found["partition"]] = found["profile"]
+    return [(month, written[month], prev, profiles[prev]) for month in sorted(written)
+            if (prev := _previous_month(month)) in profiles and profiles[prev]["rows"]]
+
+
+def _previous_month(month: str) -> str:
+    day = dt.date.fromisoformat(month)
+    return (day.replace(day=1) - dt.timedelta(days=1)).replace(day=1).isoformat()
 
 
 def _new_columns(
@@ -324,15 +536,34 @@ def _validate_file(
             late = late & ~month.is_between(dt.date.fromisoformat(months[0]), dt.date.fromisoformat(months[1]))
         checks = (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
     split = split_valid(raw, spec.model, checks)
+    if split.failing.height:
+        raise _row_failure(spec, raw, split)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
+    out += _summaries(raw, split.warned, "warn") + _summaries(raw, split.rejected, "reasons")
     if split.rejected.height:
         qfile = _write_rejected(storage, spec, raw, split.rejected, run_id)
         out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows, "kept": 0})
         held = int(split.rejected.get_column("check").str.starts_with(quarantine.LATE).sum())
         if held:  # held back by the lookback on purpose: counted, but not against the quality gate
             out.append({"kind": "late", "file": "", "n": held, "kept": 0})
+    out += _stage_valid(storage, spec, staging, split.valid, extra=extra, max_rows=max_rows, months=months)
+    return pa.Table.from_pylist(out, schema=META)
+
+
+def _stage_valid(
+    storage: Storage,
+    spec: SilverSpec,
+    staging: str,
+    valid: pl.DataFrame,
+    *,
+    extra: tuple[str, ...],
+    max_rows: int,
+    months: tuple[str, str] | None,
+) -> list[dict[str, Any]]:
+    """Stage valid rows by target partition (a backfill stages rows outside its months as keys only)."""
     # Files landed before a column was added lack it: null there.
-    valid = split.valid.with_columns(pl.lit(None, pl.String).alias(c) for c in extra if c not in raw.columns)
+    valid = valid.with_columns(pl.lit(None, pl.String).alias(c) for c in extra if c not in valid.columns)
+    out = []
     schema = arrow_schema(spec, extra)
     file_schema = schema
     if spec.partition:
@@ -357,7 +588,103 @@ def _validate_file(
             storage, staging, frame, file_schema, partition_values=values, prefix="staged", max_rows=max_rows
         ):
             out.append({"kind": "staged", "file": f.to_json(), "n": f.rows, "kept": 0})
+    return out
+
+
+def _replay_file(
+    item: dict[str, Any],
+    *,
+    storage: Storage,
+    spec: SilverSpec,
+    run_id: str,
+    staging: str,
+    max_rows: int,
+    extra: tuple[str, ...],
+) -> pa.Table:
+    """Re-validate one quarantine file's rows from their bronze lines: stage those that pass, and rewrite the file
+    without them."""
+    held = to_frame(read_data_file(storage, quarantine.ref(spec.name).rel, item["quarantine"]["path"]))
+    retry = held.filter(~pl.col("check").str.starts_with(quarantine.LATE))
+    raw = read_files(storage, bronze.ref(spec.source).rel, item["bronze"]) if item["bronze"] else pl.DataFrame()
+    out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": retry.height, "kept": 0}]
+    if not raw.height or not retry.height:
+        return pa.Table.from_pylist(out, schema=META)
+    raw = raw.join(retry.select("_source_file", "_source_line").unique(), on=["_source_file", "_source_line"],
+                   how="semi").sort("_source_line")
+    split = split_valid(raw, spec.model)
+    if split.failing.height:
+        raise _row_failure(spec, raw, split)
+    passed = split.valid.select("_source_file", "_source_line")
+    if not passed.height:
+        return pa.Table.from_pylist(out, schema=META)
+    out.append({"kind": "replayed", "file": "", "n": passed.height, "kept": 0})
+    out += _stage_valid(storage, spec, staging, split.valid, extra=extra, max_rows=max_rows, months=None)
+    left = held.join(passed, on=["_source_file", "_source_line"], how="anti")
+    path = item["quarantine"]["path"]
+    written = ""
+    if left.height:
+        rows = left.to_arrow().cast(quarantine.SCHEMA)
+        source = rows.column("_source_file")[0].as_py()
+        written = quarantine.write(storage, spec.name, rows, stage="silver", source_file=source,
+                                   run_id=run_id).to_json()
+    out.append({"kind": "rewritten", "file": written, "n": left.height, "kept": 0, "info": path})
     return pa.Table.from_pylist(out, schema=META)
+
+
+def _row_failure(spec: SilverSpec, raw: pl.DataFrame, split: Split) -> QualityGateFailed:
+    """A row rule whose action is ``fail`` failed: the error names the check, column, value, file and line."""
+    failing = split.failing
+    first = failing.row(0, named=True)
+    where = raw.row(first[ROW_ID], named=True)
+    line, path = where.get("_source_line"), where.get("_source_file")
+    value = where.get(first["column"], first["value"])  # as landed: a rule sees "-5.0" for a landed "-5.00"
+    return QualityGateFailed(
+        f"row check {first['check']} failed on column {first['column']} (value {value!r}) at line {line}, "
+        f"{failing.height} row(s) in this file; its action is fail",
+        table=str(ref(spec.name)), check=first["check"], column=first["column"], path=path, row=line,
+    )
+
+
+def _summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: str) -> list[dict[str, Any]]:
+    """Per (check, column): how many rows, and the first one's value, file and line."""
+    if not failures.height:
+        return []
+    lineage = raw.with_row_index(ROW_ID).select(ROW_ID, "_source_file", "_source_line")
+    first = (
+        failures.join(lineage, on=ROW_ID, how="left")
+        .group_by("check", "column", maintain_order=True)
+        .agg(pl.len().alias("n"), pl.col(ROW_ID).first(), pl.col("value").first(),
+             pl.col("_source_file").first().alias("file"), pl.col("_source_line").first().alias("line"))
+    )
+    out = []
+    for r in first.iter_rows(named=True):
+        landed = raw.row(r.pop(ROW_ID), named=True)
+        r["value"] = landed.get(r["column"], r["value"])  # as landed, not as the rule saw it typed
+        out.append({"kind": kind, "file": "", "n": r["n"], "kept": 0, "info": json.dumps(r, default=str)})
+    return out
+
+
+def _orphans(
+    item: dict[str, Any], *, storage: Storage, child_rel: str, column: str, parent_rel: str, key: str
+) -> pa.Table:
+    """Rows of the child files whose ``column`` matches no ``key`` in the parent files: how many, of how many, and a
+    sample of their values (the smallest five, so the report is stable)."""
+    child = read_files(storage, child_rel, item["child"], columns=[column]).get_column(column)
+    parent = read_files(storage, parent_rel, item["parent"], columns=[key]).get_column(key) if item["parent"] \
+        else pl.Series(key, [], dtype=child.dtype)
+    orphan = ~child.is_in(parent.unique().cast(child.dtype)) & child.is_not_null()
+    values = child.filter(orphan)
+    info = {"orphans": values.len(), "checked": child.len(), "sample": values.unique().sort().head(5).to_list()}
+    return pa.Table.from_pylist([{"kind": "orphans", "file": "", "n": values.len(), "kept": 0,
+                                  "info": json.dumps(info, default=str)}], schema=META)
+
+
+def _profile_month(item: dict[str, Any], *, storage: Storage, rel: str, measures: list[str]) -> pa.Table:
+    """The drift profile of one month's current files."""
+    df = read_files(storage, rel, item["files"])
+    info = {"partition": item["month"], "profile": checks.profile(df, measures)}
+    return pa.Table.from_pylist([{"kind": "profile", "file": "", "n": df.height, "kept": 0,
+                                  "info": json.dumps(info)}], schema=META)
 
 
 def _write_rejected(
@@ -393,6 +720,7 @@ def _merge_partition(
     max_rows: int,
     owners: Any,
     extra: tuple[str, ...],
+    measures: list[str] | None,
 ) -> pa.Table:
     values = item["partition_values"]
     staged = read_files(storage, staging, [{"path": p, "partition_values": values} for p in item["staged"]])
@@ -422,9 +750,12 @@ def _merge_partition(
         storage, ref(spec.name).rel, merged.drop("__new"), schema, partition_values=values,
         prefix=f"part-{run_id}", max_rows=max_rows,
     )
-    rows = [{"kind": "merged", "file": f.to_json(), "n": 0, "kept": 0} for f in files]
+    rows: list[dict[str, Any]] = [{"kind": "merged", "file": f.to_json(), "n": 0, "kept": 0} for f in files]
     if rows:
         rows[0]["n"], rows[0]["kept"] = staged.height, kept
     else:
         rows = [{"kind": "merged", "file": "", "n": staged.height, "kept": kept}]
+    if measures is not None:  # drift is measured per month, on the partition as written
+        profile = checks.profile(merged.drop("__new"), measures)
+        rows[0]["info"] = json.dumps({"partition": next(iter(values.values())), "profile": profile})
     return pa.Table.from_pylist(rows, schema=META)

@@ -1,7 +1,13 @@
 """Validation: the one home of ``pandera``. Casts bronze strings to a model's types and splits valid from rejected rows.
 
-A row is rejected when a value does not parse to its column's type (check ``dtype(<type>)``) or when any rule of
-the model fails. Rejected rows keep their original string values, so nothing is lost and they can be replayed.
+A row is rejected when a value does not parse to its column's type (check ``dtype(<type>)``) or when a rule of the
+model whose action is ``quarantine`` (the default) or ``fail`` fails. Rejected rows keep their original string values,
+so nothing is lost and they can be replayed. A rule whose action is ``warn`` keeps the row and reports it.
+
+Actions are the model's: ``class Config: metadata = {"actions": {"usual_discount": "warn"}}``, keyed by check name
+(``less_than_or_equal_to`` for ``Field(le=...)``) or ``column.check``. A value that does not parse can only be
+quarantined or fail (there is nothing typed to keep). The model's ``metadata["gates"]`` are its table checks (see
+``lakehouse.checks``).
 """
 
 from __future__ import annotations
@@ -14,15 +20,47 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 
+from lakehouse.errors import ConfigError
+
 ROW_ID = "__row"
+ACTIONS = ("warn", "quarantine", "fail")
 
 
 @dataclass(frozen=True)
 class Split:
     """The outcome of validating a batch: typed valid rows, and one record per rejected row."""
 
-    valid: pl.DataFrame
-    rejected: pl.DataFrame  # ROW_ID, check, column, value, failures (JSON list of every failed check)
+    valid: pl.DataFrame  # typed; includes rows that failed only ``warn`` rules
+    rejected: pl.DataFrame  # ROW_ID, check, column, value, failures (JSON list of every failed check), action
+    warned: pl.DataFrame  # ROW_ID, check, column, value: each ``warn`` failure of a kept row
+
+    @property
+    def failing(self) -> pl.DataFrame:
+        """Rejected rows that failed a rule whose action is ``fail``."""
+        return self.rejected.filter(pl.col("action") == "fail")
+
+
+def model_metadata(model: type[pa.DataFrameModel]) -> dict[str, Any]:
+    """The model's ``Config.metadata`` (``actions`` for row rules, ``gates`` for table checks)."""
+    return dict(getattr(model.__config__, "metadata", None) or {})
+
+
+def row_actions(model: type[pa.DataFrameModel]) -> dict[str, str]:
+    """Check name (or ``column.check``) -> action, from the model; unnamed checks quarantine."""
+    actions = dict(model_metadata(model).get("actions") or {})
+    for check, action in actions.items():
+        if action not in ACTIONS:
+            raise ConfigError(f"model {model.__name__}: action {action!r} of check {check!r} is not one of "
+                              f"{', '.join(ACTIONS)}")
+    return actions
+
+
+def _action(actions: dict[str, str], check: str, column: str) -> str:
+    name = check.split("(")[0]
+    found = actions.get(f"{column}.{name}") or actions.get(name) or "quarantine"
+    if name == "dtype" and found == "warn":
+        return "quarantine"
+    return found
 
 
 def model_dtypes(model: type[pa.DataFrameModel]) -> dict[str, pl.DataType]:
@@ -51,9 +89,22 @@ def split_valid(
     failures = [_cast_failures(df, typed, dtypes), _rule_failures(typed.select(ROW_ID, *dtypes), model)]
     failures += [_extra_failures(typed, check) for check in extra]
     found = [f.with_columns(pl.col(ROW_ID).cast(pl.UInt32)) for f in failures if f.height]
-    rejected = _per_row(pl.concat(found) if found else _empty_failures())
+    every = pl.concat(found) if found else _empty_failures()
+    actions = row_actions(model)
+    every = every.with_columns(
+        pl.struct("check", "column")
+        .map_elements(lambda c: _action(actions, c["check"], c["column"] or ""), return_dtype=pl.String)
+        .alias("action")
+    ) if every.height else every.with_columns(pl.lit(None, pl.String).alias("action"))
+    blocking = every.filter(pl.col("action") != "warn").select(ROW_ID).unique()
+    # A rejected row reports a rule that rejects it first; its failures list every rule it failed.
+    rows = every.join(blocking, on=ROW_ID, how="semi").with_columns(
+        pl.col("action").replace_strict({"fail": 0, "quarantine": 1, "warn": 2}, return_dtype=pl.Int8).alias("__rank")
+    ).sort(ROW_ID, "__rank", maintain_order=True)
+    rejected = _per_row(rows)
+    warned = every.filter(pl.col("action") == "warn").join(blocking, on=ROW_ID, how="anti").drop("action")
     valid = typed.join(rejected.select(ROW_ID), on=ROW_ID, how="anti").drop(ROW_ID)
-    return Split(valid=valid, rejected=rejected)
+    return Split(valid=valid, rejected=rejected, warned=warned)
 
 
 def _cast(column: str, dtype: pl.DataType) -> pl.Expr:
@@ -135,6 +186,8 @@ def _per_row(failures: pl.DataFrame) -> pl.DataFrame:
             pl.col("column").first(),
             pl.col("value").first(),
             pl.struct("check", "column", "value").alias("all"),
+            pl.when((pl.col("action") == "fail").any()).then(pl.lit("fail")).otherwise(pl.lit("quarantine"))
+            .first().alias("action"),
         )
         .with_columns(pl.col("all").map_elements(_failures_json, return_dtype=pl.String).alias("failures"))
         .drop("all")

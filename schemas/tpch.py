@@ -4,18 +4,31 @@ Types: keys and counts are ``Int64``; money, quantities, discounts and taxes are
 decimals; every consumer of ours reads float64 without a cast, and sums stay exact to well under a cent at SF 100);
 dates are ``Date``; text is ``String``. Columns are required (not null) unless marked ``nullable``. A value that does
 not parse to its column's type fails the row, like any other rule here.
+
+Each model's ``Config.metadata`` holds the rest of its contract: ``actions`` of row rules other than quarantine
+(``warn`` keeps the row and reports it, ``fail`` fails the run), and ``gates``, the table checks evaluated before a
+commit (see ``lakehouse.checks.Gates``). Thresholds a deployment sets (quarantined share, batch size, freshness) can
+be set or overridden in the settings.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import pandera.polars as pa
 import polars as pl
+from pandera.api.polars.types import PolarsData
 
 # Money and quantities are finite: the bound rejects inf (and NaN), which pass a bare ">= 0".
 MAX_AMOUNT = 1e15
 ORDER_STATUS = ["F", "O", "P"]
 RETURN_FLAGS = ["A", "N", "R"]
 LINE_STATUS = ["F", "O"]
+USUAL_MAX_DISCOUNT = 0.10
+
+
+# Month-over-month drift of TPC-H facts is small (uniform generators); these flag a broken feed, not seasonality.
+FACT_DRIFT = {"null_share": 0.05, "mean": 0.25, "quantiles": 0.35}
 
 
 class Region(pa.DataFrameModel):
@@ -30,6 +43,9 @@ class Nation(pa.DataFrameModel):
     n_regionkey: pl.Int64 = pa.Field(ge=0)
     n_comment: pl.String = pa.Field(nullable=True)
 
+    class Config:
+        metadata: ClassVar[dict[str, Any]] = {"gates": {"references": {"n_regionkey": "region.r_regionkey"}}}
+
 
 class Customer(pa.DataFrameModel):
     c_custkey: pl.Int64 = pa.Field(ge=0)
@@ -40,6 +56,9 @@ class Customer(pa.DataFrameModel):
     c_acctbal: pl.Float64 = pa.Field(gt=-MAX_AMOUNT, lt=MAX_AMOUNT)
     c_mktsegment: pl.String = pa.Field(nullable=True)
     c_comment: pl.String = pa.Field(nullable=True)
+
+    class Config:
+        metadata: ClassVar[dict[str, Any]] = {"gates": {"references": {"c_nationkey": "nation.n_nationkey"}}}
 
 
 class Orders(pa.DataFrameModel):
@@ -52,6 +71,15 @@ class Orders(pa.DataFrameModel):
     o_clerk: pl.String = pa.Field(nullable=True)
     o_shippriority: pl.Int64 = pa.Field(nullable=True)
     o_comment: pl.String = pa.Field(nullable=True)
+
+    class Config:
+        metadata: ClassVar[dict[str, Any]] = {
+            "gates": {
+                "references": {"o_custkey": "customer.c_custkey"},
+                # Orders fill their month when it is landed, so the row count is comparable month to month.
+                "drift": {"rows": 0.5, **FACT_DRIFT},
+            }
+        }
 
 
 class Lineitem(pa.DataFrameModel):
@@ -71,3 +99,18 @@ class Lineitem(pa.DataFrameModel):
     l_shipinstruct: pl.String = pa.Field(nullable=True)
     l_shipmode: pl.String = pa.Field(nullable=True)
     l_comment: pl.String = pa.Field(nullable=True)
+
+    @pa.check("l_discount", name="usual_discount")
+    def usual_discount(cls, data: PolarsData) -> pl.LazyFrame:
+        """TPC-H discounts are 0-10%; a larger one is possible but worth a look."""
+        return data.lazyframe.select(pl.col(data.key) <= USUAL_MAX_DISCOUNT)
+
+    class Config:
+        metadata: ClassVar[dict[str, Any]] = {
+            "actions": {"usual_discount": "warn"},
+            "gates": {
+                "references": {"l_orderkey": "orders.o_orderkey"},
+                # No row-count drift: a ship month fills over the four months after its orders are landed.
+                "drift": FACT_DRIFT,
+            },
+        }

@@ -42,23 +42,31 @@ def test_a_batch_above_the_threshold_fails_the_run_before_any_commit(lake_copy: 
 
     # then it fails at silver.orders naming the check, and neither silver.orders, its quarantine nor gold committed
     assert isinstance(report.error, QualityGateFailed)
+    # naming the most frequent reason with a landed example, its file and line
     assert str(report.error) == ("silver.orders: quality check quarantined_share failed: 2 of 8 rows quarantined "
-                                 "(25.00%), above the maximum of 10.00%")
+                                 "(25.00%), above the maximum of 10.00%; most often greater_than_or_equal_to(0) on "
+                                 "column o_totalprice (2 rows), e.g. value '-1.00' in raw/orders/drop/part-0.csv "
+                                 "line 2")
     after = versions(lake.root)
     assert after["bronze.orders"] == before["bronze.orders"] + 1  # bronze took the file as it landed
     for name in ("silver.orders", "silver.lineitem", "gold.revenue_by_nation_month"):
         assert after.get(name) == before.get(name), name
     assert "quarantine.orders" not in after or after["quarantine.orders"] == before.get("quarantine.orders")
-    assert _checks(lake, report.run_id) == [{"table_name": "silver.orders", "check": "quarantined_share",
-                                             "observed": 0.25, "threshold": 0.1, "action": "fail", "passed": False}]
+    recorded = {c["check"]: c for c in _checks(lake, report.run_id)}
+    assert recorded["quarantined_share"] == {"table_name": "silver.orders", "check": "quarantined_share",
+                                             "observed": 0.25, "threshold": 0.1, "action": "fail", "passed": False}
+    # the checks evaluated with it are recorded too, all of the table (its model's orphan and drift checks)
+    assert {c["table_name"] for c in recorded.values()} == {"silver.orders"}
 
     # and with a threshold the batch meets, the same data goes through and the passed check is recorded
     report = lakehouse.run(dataclasses.replace(settings, max_quarantined_share={"*": 0.30}))
     assert report.ok, report.error
     assert report.result("silver.orders").rows_quarantined == 2
-    found = {r["table_name"]: r for r in _checks(lake, report.run_id)}
-    assert found["silver.orders"]["passed"] and found["silver.orders"]["observed"] == 0.25
-    assert set(found) == {"silver.orders"}  # tables with no new batch (the rest were skipped) have nothing to check
+    found = {(r["table_name"], r["check"]): r for r in _checks(lake, report.run_id)}
+    share = found["silver.orders", "quarantined_share"]
+    assert share["passed"] and share["observed"] == 0.25
+    # tables with no new batch (the rest were skipped) have nothing to check
+    assert {t for t, _ in found} == {"silver.orders"}
 
     # the Prefect quality report says the same in markdown
     markdown = quality_report(RunContext.start(settings, run_id=report.run_id), report.results)
