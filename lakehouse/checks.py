@@ -194,7 +194,7 @@ def references(gate: Gates, column: str, parent: str, key: str, found: Mapping[s
 
 def warned(table_name: str, check: str, column: str, n: int, example: Mapping[str, Any]) -> CheckResult:
     """Rows that failed a row rule whose action is ``warn``: kept, counted and reported."""
-    message = (f"{n} rows kept with a warning: {check} on column {column}, e.g. value {example['value']!r} in "
+    message = (f"{n} row(s) kept with a warning: {check} on column {column}, e.g. value {example['value']!r} in "
                f"{example['file']} line {example['line']}")
     return CheckResult(table_name, f"{check} on {column}", float(n), 0.0, "warn", False, message)
 
