@@ -121,9 +121,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         if months:
             info["backfill"] = list(months)
-        have = set(base.schema.names) if base.schema else set()
-        if base.exists and [c for c in extra if c not in have]:
-            base = table.add_columns(storage, base, [pa.field(c, pa.string()) for c in extra if c not in have])
+        base = _with_columns(storage, base, extra)
         result.version = table.commit(
             storage,
             base,
@@ -189,6 +187,16 @@ def _merge_staged(
     return merged, replaced, len(merges)
 
 
+def _with_columns(storage: Storage, base: table.Snapshot, extra: tuple[str, ...]) -> table.Snapshot:
+    """The table with the evolved ``extra`` columns it lacks added, in a version of its own (a data commit cannot
+    widen the schema)."""
+    have = set(base.schema.names) if base.schema else set()
+    missing = [c for c in extra if c not in have]
+    if not base.exists or not missing:
+        return base
+    return table.add_columns(storage, base, [pa.field(c, pa.string()) for c in missing])
+
+
 def replay_id(name: str) -> str:
     return f"lakehouse/replay.{name}"
 
@@ -238,6 +246,7 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
             )
             result.rows_written = sum(m["kept"] for m in merged)
             result.rows_duplicate = replayed - result.rows_written
+            base = _with_columns(storage, base, extra)
             result.version = table.commit(
                 storage, base, schema=arrow_schema(spec, extra),
                 adds=[DataFile.from_json(m["file"]) for m in merged if m["file"]], removes=replaced,

@@ -232,3 +232,40 @@ def test_settings_naming_an_unknown_table_are_refused(lake_copy: Callable[[], La
         lakehouse.run(dataclasses.replace(lake.settings, freshness_days={"order": 1}))
     with pytest.raises(ConfigError, match=r"check_actions: cannot apply 'orders\.fresh'"):
         lakehouse.run(dataclasses.replace(lake.settings, check_actions={"orders.fresh": "fail"}))
+
+
+def test_type_drift_quarantines_the_rows_and_above_the_share_fails_naming_file_column_and_value(
+    lake_copy: Callable[[], Lake],
+) -> None:
+    # given an upstream change: o_totalprice now arrives as text in most rows of a drop
+    lake = lake_copy()
+    rows = [order(9910000 + i, price="N/A" if i % 4 else "10.00") for i in range(8)]  # 6 of 8 unparseable
+    land(lake, "orders/drop/drifted.csv", ORDERS + "".join(rows))
+    raw_before = {p: p.read_bytes() for p in lake.raw.rglob("*") if p.is_file()}
+    before = versions(lake.root)
+
+    # when the run has a 10% gate on orders
+    report = lakehouse.run(dataclasses.replace(lake.settings, max_quarantined_share={"orders": 0.10}))
+
+    # then it fails before silver.orders commits, naming the file, the column and an example value
+    assert isinstance(report.error, QualityGateFailed)
+    assert str(report.error) == (
+        "silver.orders: quality check quarantined_share failed: 6 of 8 rows quarantined (75.00%), above the maximum "
+        "of 10.00%; most often dtype('Float64') on column o_totalprice (6 rows), e.g. value 'N/A' in "
+        "raw/orders/drop/drifted.csv line 3"
+    )
+    after = versions(lake.root)
+    assert after["silver.orders"] == before["silver.orders"]
+    assert after.get("quarantine.orders") == before.get("quarantine.orders")
+    assert {p: p.read_bytes() for p in lake.raw.rglob("*") if p.is_file()} == raw_before
+
+    # and without the gate the rows go to quarantine with the reason, the two good ones to silver
+    report = lakehouse.run(lake.settings)
+    assert report.ok, report.error
+    assert report.result("silver.orders").rows_quarantined == 6
+    held = pl.read_delta(str(lake.root / "quarantine/orders")).filter(pl.col("_run_id") == report.run_id)
+    assert sorted(held.select("check", "column", "value", "_source_line").rows()) == [
+        ("dtype('Float64')", "o_totalprice", "N/A", line) for line in (3, 4, 5, 7, 8, 9)
+    ]
+    keys = pl.read_delta(str(lake.root / "silver/orders")).get_column("o_orderkey")
+    assert sorted(keys.filter(keys >= 9910000).to_list()) == [9910000, 9910004]
