@@ -179,11 +179,11 @@ def empty_batch(gate: Gates, why: str) -> CheckResult:
 
 
 def references(gate: Gates, column: str, parent: str, key: str, found: Mapping[str, Any]) -> CheckResult:
-    """Rows of the touched partitions whose ``column`` has no row in ``silver.<parent>`` (``found``: ``orphans``,
-    ``checked``, ``sample``)."""
+    """Rows of the batch whose ``column`` has no row in ``silver.<parent>`` (``found``: ``orphans``, ``checked``,
+    ``sample``)."""
     orphans, checked = int(found["orphans"]), int(found["checked"])
     passed = orphans == 0
-    message = f"{checked} rows checked against silver.{parent}.{key}: "
+    message = f"{checked} new rows checked against silver.{parent}.{key}: "
     if passed:
         message += "no orphans"
     else:
@@ -289,12 +289,12 @@ def _changes(kind: str, new: dict[str, Any], old: dict[str, Any]) -> list[tuple[
     return found
 
 
-def enforce(results: list[CheckResult]) -> None:
-    """Raise :class:`QualityGateFailed` for the first failed check whose action is ``fail``."""
+def enforce(results: list[CheckResult], note: str = "") -> None:
+    """Raise :class:`QualityGateFailed` for the first failed check whose action is ``fail`` (``note`` appended)."""
     for r in results:
         if not r.passed and r.action == "fail":
-            raise QualityGateFailed(f"quality check {r.check} failed: {r.message}", table=r.table, check=r.check,
-                                    checks=[asdict(c) for c in results])
+            raise QualityGateFailed(f"quality check {r.check} failed: {r.message}{note}", table=r.table,
+                                    check=r.check, checks=[asdict(c) for c in results])
 
 
 def record(storage: Storage, run_id: str, results: list[CheckResult]) -> None:

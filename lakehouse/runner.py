@@ -21,7 +21,7 @@ from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.settings import Settings
 from lakehouse.spec import Pipeline
-from lakehouse.validation import model_dtypes
+from lakehouse.validation import model_dtypes, validate_actions
 
 log = logging.getLogger("lakehouse")
 
@@ -183,6 +183,11 @@ def check_names(settings: Settings, spec: Pipeline) -> None:
             if name not in known:
                 raise ConfigError(f"setting {option} names {name!r}, which is not a table or source of pipeline "
                                   f"{spec.name} (known: {', '.join(sorted(known - {'*'}))})")
+    for s in spec.silver:
+        validate_actions(s.model)
+        if not s.partition and s.name in settings.freshness_days:
+            raise ConfigError(f"setting freshness_days: {s.name} has no event date (it is not partitioned by month); "
+                              "freshness is measured on month-partitioned tables")
     for key in settings.check_actions:
         name, _, check = key.rpartition(".")
         if check not in checks.DEFAULT_ACTIONS or (name and name not in tables | sources):

@@ -20,6 +20,7 @@ month older than the lookback window is quarantined (``late_arrival``) rather th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -82,7 +83,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     mark = None if rebuild else table.txn_version(storage, ref(spec.name), app_id(spec.name))
     if mark is not None and mark >= source.version:
         # Nothing new is when a stale feed shows: freshness is checked all the same.
-        if gate.freshness_days is not None and spec.partition:
+        if gate.freshness_days is not None and spec.partition and months is None:
             result.checks.append(_freshness(ctx, spec, gate, list(base.files), []))
         if gate.expect_delivery:
             result.checks.append(checks.empty_batch(gate, f"nothing new in {source.ref} since version {mark}"))
@@ -115,7 +116,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         result.rows_quarantined = 0 if months else sum(f.rows for f in rejected)
         adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
         # Before any commit: a failed gate leaves no trace.
-        result.checks += _gate_checks(ctx, spec, gate, base, staged, merged, adds, replaced)
+        result.checks += _gate_checks(ctx, spec, gate, base, staged, staging, merged, adds, replaced)
         checks.enforce(result.checks)
         info = {"run_id": ctx.run_id, "stage": "silver", "inputs": {str(source.ref): source.version}}
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
@@ -203,13 +204,17 @@ def replay_id(name: str) -> str:
 
 def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
     """Re-validate the rows of ``quarantine.<name>`` rejected at the silver stage with the model as it is now (after a
-    rule or schema fix) and merge those that pass into silver; the rest stay in quarantine.
+    rule or schema fix) and merge those that pass into silver; the rest stay in quarantine, with their current reason.
 
     Rows are re-read from bronze (the quarantine record names file and line), so they carry their original lineage
-    and a newer row of the same key still wins. Rows held as late wait for a backfill, and lines bronze could not
-    parse cannot pass any model: both stay. Exactly once: the silver commit carries the quarantine version it replayed
-    (app transaction ``lakehouse/replay.<name>``), then the quarantine commit drops the replayed rows; after a crash
-    in between, a rerun finds the silver commit made and only finishes the quarantine's.
+    and a newer row of the same key still wins. The lookback applies as in a run: a row that passes now but is older
+    than the window stays, as late, for a backfill; rows held as late are not retried, and lines bronze could not
+    parse cannot pass any model.
+
+    Exactly once: the silver commit records the quarantine version it replayed (app transaction
+    ``lakehouse/replay.<name>``), and the quarantine commit that drops the replayed rows says which version it
+    finishes. A replay whose silver commit has no such quarantine commit (a crash in between, or a lost race on the
+    quarantine commit) is finished by the next one without merging again.
     """
     result = StageResult(table=str(ref(spec.name)))
     storage = ctx.storage
@@ -223,7 +228,14 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
     assert qsnap.version is not None
     result.inputs = {str(qsnap.ref): qsnap.version, str(source.ref): source.version or 0}
     done = table.txn_version(storage, ref(spec.name), replay_id(spec.name))
-    merged_already = done is not None and done >= qsnap.version
+    unfinished = done is not None and not _replay_finished(storage, spec.name, done)
+    if unfinished:
+        assert done is not None
+        # Finish that replay: the files it read that are still here hold the rows its silver commit took.
+        then = {f.path for f in table.snapshot(storage, qsnap.ref, version=done).files}
+        still = [f for f in held if f.path in then]
+        # None left (a full refresh replaced the silver-stage records since): nothing to finish.
+        held, unfinished = (still, True) if still else (held, False)
     by_source: dict[str, list[dict[str, Any]]] = {}
     for f in source.files:
         by_source.setdefault(str(f.mins.get("_source_file")), []).append(f.item())
@@ -232,15 +244,19 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
     extra = _new_columns(ctx, spec, source, base)
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
               "extra": extra}
+    cutoff = _lookback_cutoff(base, spec, ctx.settings.lookback_months.get(spec.name))
     try:
-        staged = engine.collect(engine.run_tasks(items, _replay_file, fn_kwargs={**common, "staging": staging}))
+        kwargs = {**common, "staging": staging, "cutoff": cutoff}
+        staged = engine.collect(engine.run_tasks(items, _replay_file, fn_kwargs=kwargs)) if items else []
         replayed = sum(m["n"] for m in staged if m["kind"] == "replayed")
         result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
         result.files_in = len(items)
-        if not replayed:
+        rewritten = {m["info"] for m in staged if m["kind"] == "rewritten"}
+        if not replayed and not rewritten:
             return result.finish("skipped", f"re-validated {result.rows_in} quarantined rows: none passes now")
-        info = {"run_id": ctx.run_id, "stage": "replay", "inputs": result.inputs}
-        if not merged_already:
+        replay_of = done if unfinished else qsnap.version
+        info = {"run_id": ctx.run_id, "stage": "replay", "inputs": result.inputs, "replay_of": replay_of}
+        if replayed and not unfinished:
             merged, replaced, result.partitions = _merge_staged(
                 ctx, spec, base, staged, staging, common, measures=None, rebuild=False
             )
@@ -253,7 +269,6 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
                 partition_by=(spec.partition.column,) if spec.partition else (),
                 app_transactions={replay_id(spec.name): qsnap.version}, metadata=info,
             )
-        rewritten = {m["info"] for m in staged if m["kind"] == "rewritten"}
         table.commit(
             storage, qsnap, schema=quarantine.SCHEMA,
             adds=[DataFile.from_json(m["file"]) for m in staged if m["kind"] == "rewritten" and m["file"]],
@@ -263,9 +278,18 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
         storage.delete_dir(staging)
     left = result.rows_in - replayed
     note = f"replayed {replayed} of {result.rows_in} quarantined rows; {left} still fail and stay in quarantine"
-    if merged_already:
+    if not replayed:
+        note += " (with their reasons as of now)"
+        return result.finish("committed", note)
+    if unfinished:
         note += "; silver already had them (an earlier replay stopped before its quarantine commit)"
     return result.finish("committed", note)
+
+
+def _replay_finished(storage: Storage, name: str, version: int) -> bool:
+    """Has a quarantine commit finished the replay of quarantine version ``version``?"""
+    return any(c.get("stage") == "replay" and c.get("replay_of") == str(version)
+               for c in table.commits_since(storage, quarantine.ref(name), version))
 
 
 def _gate_checks(
@@ -274,6 +298,7 @@ def _gate_checks(
     gate: checks.Gates,
     base: table.Snapshot,
     staged: list[dict[str, Any]],
+    staging: str,
     merged: list[dict[str, Any]],
     adds: list[DataFile],
     replaced: list[TableFile],
@@ -281,8 +306,9 @@ def _gate_checks(
     """The table's checks on this batch, before its commit (see :mod:`lakehouse.checks`).
 
     About the batch (incremental runs and full refreshes; a backfill's rows were checked when they landed): rows kept
-    with warnings, the quarantined share and the batch's row count. About the table as this batch leaves it: orphans
-    of its references (in the partitions written), freshness, and drift of each written month against the one before.
+    with warnings, the quarantined share, the batch's row count and its orphans (new rows whose reference has no
+    parent row). About the table as this batch leaves it: freshness, and drift of each written month against the one
+    before.
     """
     out: list[checks.CheckResult] = []
     table_name = str(ref(spec.name))
@@ -302,20 +328,12 @@ def _gate_checks(
             out.append(checks.batch_rows(gate, valid))
         if gate.expect_delivery and not ctx.full_refresh and valid == 0:
             out.append(checks.empty_batch(gate, f"{rows_in} rows landed, none valid"))
-    storage = ctx.storage
+    new_rows = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "staged"]
     for column, (parent, key) in gate.references.items():
-        parent_snap = table.snapshot(storage, ref(parent))
-        item = {"child": [{"path": f.path, "partition_values": f.partition_values} for f in adds],
-                "parent": [f.item() for f in parent_snap.files]}
-        kwargs = {"storage": storage, "child_rel": ref(spec.name).rel, "column": column,
-                  "parent_rel": ref(parent).rel, "key": key}
-        if adds:
-            found = json.loads(engine.collect(engine.run_tasks([item], _orphans, fn_kwargs=kwargs))[0]["info"])
-        else:  # the batch wrote nothing
-            found = {"orphans": 0, "checked": 0, "sample": []}
+        found = _orphans(ctx, new_rows, staging, column, ref(parent), key)
         out.append(checks.references(gate, column, parent, key, found))
     kept = [f for f in base.files if f.path not in {r.path for r in replaced}]
-    if gate.freshness_days is not None and spec.partition:
+    if gate.freshness_days is not None and spec.partition and batch:  # a backfill rebuilds the past on purpose
         out.append(_freshness(ctx, spec, gate, kept, adds))
     if gate.drift and spec.partition:
         out += checks.drift(gate, _drift_pairs(ctx, spec, merged, kept))
@@ -535,16 +553,7 @@ def _validate_file(
             f"required column {missing[0]!r} is missing (the model needs {', '.join(missing)})",
             table=str(ref(spec.name)), path=landed, column=missing[0],
         )
-    checks: tuple[RowCheck, ...] = ()
-    if cutoff and spec.partition:
-        # Older than the lookback window: held in quarantine until a backfill of its month takes it in.
-        column = spec.partition.source_column
-        late = pl.col(column) < dt.date.fromisoformat(cutoff)
-        if months:
-            month = pl.col(column).dt.truncate("1mo")
-            late = late & ~month.is_between(dt.date.fromisoformat(months[0]), dt.date.fromisoformat(months[1]))
-        checks = (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
-    split = split_valid(raw, spec.model, checks)
+    split = split_valid(raw, spec.model, _late_check(spec, cutoff, months))
     if split.failing.height:
         raise _row_failure(spec, raw, split)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
@@ -609,35 +618,51 @@ def _replay_file(
     staging: str,
     max_rows: int,
     extra: tuple[str, ...],
+    cutoff: str | None,
 ) -> pa.Table:
     """Re-validate one quarantine file's rows from their bronze lines: stage those that pass, and rewrite the file
-    without them."""
+    without them (rows that still fail get a record with their current reason)."""
     held = to_frame(read_data_file(storage, quarantine.ref(spec.name).rel, item["quarantine"]["path"]))
     retry = held.filter(~pl.col("check").str.starts_with(quarantine.LATE))
     raw = read_files(storage, bronze.ref(spec.source).rel, item["bronze"]) if item["bronze"] else pl.DataFrame()
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": retry.height, "kept": 0}]
     if not raw.height or not retry.height:
         return pa.Table.from_pylist(out, schema=META)
-    raw = raw.join(retry.select("_source_file", "_source_line").unique(), on=["_source_file", "_source_line"],
-                   how="semi").sort("_source_line")
-    split = split_valid(raw, spec.model)
+    lineage = ["_source_file", "_source_line"]
+    raw = raw.join(retry.select(lineage).unique(), on=lineage, how="semi").sort("_source_line")
+    split = split_valid(raw, spec.model, _late_check(spec, cutoff, None))
     if split.failing.height:
         raise _row_failure(spec, raw, split)
-    passed = split.valid.select("_source_file", "_source_line")
-    if not passed.height:
-        return pa.Table.from_pylist(out, schema=META)
-    out.append({"kind": "replayed", "file": "", "n": passed.height, "kept": 0})
-    out += _stage_valid(storage, spec, staging, split.valid, extra=extra, max_rows=max_rows, months=None)
-    left = held.join(passed, on=["_source_file", "_source_line"], how="anti")
-    path = item["quarantine"]["path"]
+    fresh = _rejected_records(raw, split.rejected, run_id) if split.rejected.height else None
+    before = retry.select(*lineage, "check").sort(lineage)
+    after = to_frame(fresh).select(*lineage, "check").sort(lineage) if fresh is not None else before.clear()
+    if not split.valid.height and before.equals(after):
+        return pa.Table.from_pylist(out, schema=META)  # nothing passes and every reason stands: leave the file
+    if split.valid.height:
+        out.append({"kind": "replayed", "file": "", "n": split.valid.height, "kept": 0})
+        out += _stage_valid(storage, spec, staging, split.valid, extra=extra, max_rows=max_rows, months=None)
+    kept = held.join(raw.select(lineage), on=lineage, how="anti").to_arrow().cast(quarantine.SCHEMA)
+    left = pa.concat_tables([kept, fresh]) if fresh is not None else kept
     written = ""
-    if left.height:
-        rows = left.to_arrow().cast(quarantine.SCHEMA)
-        source = rows.column("_source_file")[0].as_py()
-        written = quarantine.write(storage, spec.name, rows, stage="silver", source_file=source,
+    if left.num_rows:
+        source = left.column("_source_file")[0].as_py()
+        written = quarantine.write(storage, spec.name, left, stage="silver", source_file=source,
                                    run_id=run_id).to_json()
-    out.append({"kind": "rewritten", "file": written, "n": left.height, "kept": 0, "info": path})
+    out.append({"kind": "rewritten", "file": written, "n": left.num_rows, "kept": 0,
+                "info": item["quarantine"]["path"]})
     return pa.Table.from_pylist(out, schema=META)
+
+
+def _late_check(spec: SilverSpec, cutoff: str | None, months: tuple[str, str] | None) -> tuple[RowCheck, ...]:
+    """Older than the lookback window: held in quarantine until a backfill of its month takes it in."""
+    if not cutoff or not spec.partition:
+        return ()
+    column = spec.partition.source_column
+    late = pl.col(column) < dt.date.fromisoformat(cutoff)
+    if months:
+        month = pl.col(column).dt.truncate("1mo")
+        late = late & ~month.is_between(dt.date.fromisoformat(months[0]), dt.date.fromisoformat(months[1]))
+    return (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
 
 
 def _row_failure(spec: SilverSpec, raw: pl.DataFrame, split: Split) -> QualityGateFailed:
@@ -647,11 +672,13 @@ def _row_failure(spec: SilverSpec, raw: pl.DataFrame, split: Split) -> QualityGa
     where = raw.row(first[ROW_ID], named=True)
     line, path = where.get("_source_line"), where.get("_source_file")
     value = where.get(first["column"], first["value"])  # as landed: a rule sees "-5.0" for a landed "-5.00"
-    return QualityGateFailed(
-        f"row check {first['check']} failed on column {first['column']} (value {value!r}) at line {line}, "
-        f"{failing.height} row(s) in this file; its action is fail",
-        table=str(ref(spec.name)), check=first["check"], column=first["column"], path=path, row=line,
-    )
+    message = (f"row check {first['check']} failed on column {first['column']} (value {value!r}) at line {line}, "
+               f"{failing.height} row(s) in this file; its action is fail")
+    table_name = str(ref(spec.name))
+    check = checks.CheckResult(table_name, f"{first['check']} on {first['column']}", float(failing.height), 0.0,
+                               "fail", False, f"{message} ({path})")
+    return QualityGateFailed(message, table=table_name, check=first["check"], column=first["column"], path=path,
+                             row=line, checks=[dataclasses.asdict(check)])
 
 
 def _summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: str) -> list[dict[str, Any]]:
@@ -674,17 +701,63 @@ def _summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: str) -> list[dic
 
 
 def _orphans(
-    item: dict[str, Any], *, storage: Storage, child_rel: str, column: str, parent_rel: str, key: str
-) -> pa.Table:
-    """Rows of the child files whose ``column`` matches no ``key`` in the parent files: how many, of how many, and a
-    sample of their values (the smallest five, so the report is stable)."""
-    child = read_files(storage, child_rel, item["child"], columns=[column]).get_column(column)
-    parent = read_files(storage, parent_rel, item["parent"], columns=[key]).get_column(key) if item["parent"] \
-        else pl.Series(key, [], dtype=child.dtype)
-    orphan = ~child.is_in(parent.unique().cast(child.dtype)) & child.is_not_null()
-    values = child.filter(orphan)
-    info = {"orphans": values.len(), "checked": child.len(), "sample": values.unique().sort().head(5).to_list()}
-    return pa.Table.from_pylist([{"kind": "orphans", "file": "", "n": values.len(), "kept": 0,
+    ctx: RunContext, rows: list[DataFile], staging: str, column: str, parent: TableRef, key: str
+) -> dict[str, Any]:
+    """The batch's rows (staged files) whose ``column`` matches no ``key`` of ``parent``: how many, of how many, and
+    the smallest five such values.
+
+    On workers, never a whole table in one process: the batch's distinct values (in hash buckets of at most
+    4 x ``broadcast_max_rows`` rows, one round per bucket) are broadcast, each parent file reports which of them it
+    holds, and one combine step counts the rest."""
+    total: dict[str, Any] = {"orphans": 0, "checked": 0, "sample": []}
+    if not rows:
+        return total
+    storage = ctx.storage
+    parent_files = [f.item() for f in table.snapshot(storage, parent).files] or [{"path": None}]
+    items = [{"path": f.path, "partition_values": f.partition_values} for f in rows]
+    buckets = max(1, -(-sum(f.rows for f in rows) // (4 * ctx.settings.broadcast_max_rows)))
+    for bucket in range(buckets):
+        keys = engine.broadcast(_child_keys, storage, staging, items, column, bucket, buckets)
+        hits = engine.run_tasks(parent_files, _parent_hits, fn_kwargs={"storage": storage, "rel": parent.rel,
+                                                                        "key": key, "keys": keys})
+        found = json.loads(engine.collect(engine.combine(hits, _orphan_count, fn_kwargs={"keys": keys}))[0]["info"])
+        total["orphans"] += found["orphans"]
+        total["checked"] += found["checked"]
+        total["sample"] = sorted(total["sample"] + found["sample"])[:5]
+    return total
+
+
+def _child_keys(
+    storage: Storage, staging: str, items: list[dict[str, Any]], column: str, bucket: int, buckets: int
+) -> pl.DataFrame:
+    """The distinct non-null values of ``column`` in one hash bucket of the staged rows, and how many rows hold each."""
+    values = read_files(storage, staging, items, columns=[column]).get_column(column).drop_nulls()
+    if buckets > 1:
+        values = values.filter(values.hash(seed=0) % buckets == bucket)
+    return values.value_counts(name="__n").rename({column: "__value"})
+
+
+def _parent_hits(item: dict[str, Any], *, storage: Storage, rel: str, key: str, keys: Any) -> pa.Table:
+    """Which of the broadcast values this parent file holds."""
+    wanted: pl.DataFrame = engine.fetch(keys)
+    if item["path"] is None:  # no parent table (yet): nothing is found
+        hits = wanted.select("__value").clear()
+    else:
+        own = read_files(storage, rel, [item], columns=[key]).get_column(key).unique()
+        hits = wanted.select("__value").join(own.cast(wanted.schema["__value"]).rename("__value").to_frame(),
+                                              on="__value", how="semi")
+    # One null row always: a combine step over blocks that are all empty would never run.
+    return pl.concat([hits, pl.DataFrame({"__value": [None]}, schema=hits.schema)]).to_arrow()
+
+
+def _orphan_count(found: pa.Table, *, keys: Any) -> pa.Table:
+    """The broadcast values no parent file holds: rows, distinct values and a sample."""
+    wanted: pl.DataFrame = engine.fetch(keys)
+    hits = to_frame(found).drop_nulls().unique()
+    missing = wanted.join(hits, on="__value", how="anti")
+    info = {"orphans": int(missing.get_column("__n").sum()), "checked": int(wanted.get_column("__n").sum()),
+            "sample": missing.get_column("__value").sort().head(5).to_list()}
+    return pa.Table.from_pylist([{"kind": "orphans", "file": "", "n": info["orphans"], "kept": 0,
                                   "info": json.dumps(info, default=str)}], schema=META)
 
 
@@ -699,11 +772,18 @@ def _profile_month(item: dict[str, Any], *, storage: Storage, rel: str, measures
 def _write_rejected(
     storage: Storage, spec: SilverSpec, raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str
 ) -> DataFile:
+    q = _rejected_records(raw, rejected, run_id)
+    landed = q.column("_source_file")[0].as_py()
+    return quarantine.write(storage, spec.name, q, stage="silver", source_file=landed, run_id=run_id)
+
+
+def _rejected_records(raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str) -> pa.Table:
+    """Quarantine records (``quarantine.SCHEMA``) of the rejected rows of ``raw``."""
     data_columns = [c for c in raw.columns if not c.startswith("_")]
     rows = raw.with_row_index(ROW_ID).join(rejected.with_columns(pl.col(ROW_ID).cast(pl.UInt32)), on=ROW_ID)
     originals = list(rows.select(data_columns).iter_rows(named=True))
     columns = rows.get_column("column").to_list()
-    q = quarantine.records(
+    return quarantine.records(
         stage="silver",
         checks=rows.get_column("check").to_list(),
         columns=columns,
@@ -715,8 +795,6 @@ def _write_rejected(
         source_lines=rows.get_column("_source_line").to_list(),
         run_id=run_id,
     )
-    landed = rows.get_column("_source_file")[0]
-    return quarantine.write(storage, spec.name, q, stage="silver", source_file=landed, run_id=run_id)
 
 
 def _merge_partition(

@@ -197,6 +197,16 @@ def commit(
     return latest.version()
 
 
+def commits_since(storage: Storage, ref: TableRef, version: int) -> list[dict[str, str]]:
+    """The ``metadata`` our commits after ``version`` carried (keys without the ``lakehouse.`` prefix), newest first."""
+    dt = _open(storage, ref)
+    if dt is None or dt.version() <= version:
+        return []
+    prefix = "lakehouse."
+    return [{k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}
+            for h in dt.history(dt.version() - version) if h.get("version", -1) > version]
+
+
 def add_columns(storage: Storage, base: Snapshot, fields: list[pa.Field]) -> Snapshot:
     """Widen the table's schema by ``fields`` (nullable; existing rows read them as null) in one version made against
     ``base``, and return the snapshot after it. A concurrent commit raises :class:`CommitConflict`."""

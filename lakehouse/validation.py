@@ -55,6 +55,34 @@ def row_actions(model: type[pa.DataFrameModel]) -> dict[str, str]:
     return actions
 
 
+def check_names(model: type[pa.DataFrameModel]) -> dict[str, set[str]]:
+    """Column -> the names of the row checks on it (``dtype`` and ``not_nullable`` included)."""
+    names = {}
+    for column, col in model.to_schema().columns.items():
+        found = {"dtype", "not_nullable"} | {c.name for c in col.checks if c.name}
+        names[column] = found
+    return names
+
+
+def validate_actions(model: type[pa.DataFrameModel]) -> None:
+    """Every key of the model's ``actions`` must name a check it has (``check`` or ``column.check``); a bare name of
+    a check on several columns (``less_than_or_equal_to``) must say which column, except ``dtype`` and
+    ``not_nullable``, which mean every column."""
+    names = check_names(model)
+    for key in row_actions(model):
+        column, _, check = key.rpartition(".")
+        if column:
+            ok = check in names.get(column, set())
+        else:
+            on = [c for c, found in names.items() if check in found]
+            ok = bool(on) and (len(on) == 1 or check in ("dtype", "not_nullable"))
+            if len(on) > 1 and not ok:
+                raise ConfigError(f"model {model.__name__}: action key {key!r} is a check on several columns "
+                                  f"({', '.join(on)}); write column.{check}")
+        if not ok:
+            raise ConfigError(f"model {model.__name__}: action key {key!r} names no check of the model")
+
+
 def _action(actions: dict[str, str], check: str, column: str) -> str:
     name = check.split("(")[0]
     found = actions.get(f"{column}.{name}") or actions.get(name) or "quarantine"
@@ -91,11 +119,12 @@ def split_valid(
     found = [f.with_columns(pl.col(ROW_ID).cast(pl.UInt32)) for f in failures if f.height]
     every = pl.concat(found) if found else _empty_failures()
     actions = row_actions(model)
-    every = every.with_columns(
-        pl.struct("check", "column")
-        .map_elements(lambda c: _action(actions, c["check"], c["column"] or ""), return_dtype=pl.String)
-        .alias("action")
-    ) if every.height else every.with_columns(pl.lit(None, pl.String).alias("action"))
+    # One lookup per distinct (check, column), joined back: a whole column of bad values is one lookup, not millions.
+    pairs = every.select("check", "column").unique()
+    pairs = pairs.with_columns(
+        pl.Series("action", [_action(actions, c, col or "") for c, col in pairs.iter_rows()], dtype=pl.String)
+    )
+    every = every.join(pairs, on=["check", "column"], how="left", nulls_equal=True)
     blocking = every.filter(pl.col("action") != "warn").select(ROW_ID).unique()
     # A rejected row reports a rule that rejects it first; its failures list every rule it failed.
     rows = every.join(blocking, on=ROW_ID, how="semi").with_columns(

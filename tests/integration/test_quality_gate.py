@@ -57,6 +57,7 @@ def test_a_batch_above_the_threshold_fails_the_run_before_any_commit(lake_copy: 
                                              "observed": 0.25, "threshold": 0.1, "action": "fail", "passed": False}
     # the checks evaluated with it are recorded too, all of the table (its model's orphan and drift checks)
     assert {c["table_name"] for c in recorded.values()} == {"silver.orders"}
+    assert {"references(o_custkey -> customer.c_custkey)", "drift_rows", "drift_mean"} <= set(recorded)
 
     # and with a threshold the batch meets, the same data goes through and the passed check is recorded
     report = lakehouse.run(dataclasses.replace(settings, max_quarantined_share={"*": 0.30}))

@@ -133,3 +133,64 @@ def test_the_cli_replays_and_says_when_nothing_passes_yet(lake_copy: Callable[[]
     assert done.returncode == 0, done.stderr
     assert "re-validated 1 quarantined rows: none passes now" in done.stdout
     assert versions(lake.root) == before
+
+
+def test_a_replay_finished_after_a_normal_run_in_between_still_merges_once(
+    lake_copy: Callable[[], Lake], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a replay that stopped after its silver commit, and then a normal run that quarantined more rows
+    lake = lake_copy()
+    (lake.raw / "orders/drop").mkdir()
+    (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
+    assert lakehouse.run(lake.settings).ok
+    _relax_orders(monkeypatch)
+    monkeypatch.setenv("LAKEHOUSE_FAILPOINTS", "quarantine.orders:before_commit=raise")
+    assert not lakehouse.replay(lake.settings, "orders").ok
+    monkeypatch.delenv("LAKEHOUSE_FAILPOINTS")
+    (lake.raw / "orders/drop/more.csv").write_text(BAD_ORDERS.splitlines()[0] + "\n"
+                                                   + "9000010,1,X,1.00,1992-03-01,1-URGENT,Clerk#1,0,bad status\n")
+    assert lakehouse.run(lake.settings).ok
+    before = versions(lake.root)
+
+    # when the replay is rerun
+    report = lakehouse.replay(lake.settings, "orders")
+
+    # then it only finishes the stopped one: no new silver version, the replayed row left quarantine, the new
+    # rejects are still there
+    assert report.ok, report.error
+    assert "silver already had them" in report.result("silver.orders").message
+    assert versions(lake.root)["silver.orders"] == before["silver.orders"]
+    lines = sorted(_quarantined(lake).select("_source_file", "_source_line").rows())
+    assert lines == [("raw/orders/drop/bad.csv", 3), ("raw/orders/drop/more.csv", 2)]
+    # and the next replay has nothing that passes
+    again = lakehouse.replay(lake.settings, "orders")
+    assert again.ok and again.result("silver.orders").status == "skipped"
+
+
+def test_a_replayed_row_older_than_the_lookback_waits_for_a_backfill(
+    lake_copy: Callable[[], Lake], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a negative-price order of 1992-02 quarantined, and a lookback that closes months before 1992-07
+    lake = lake_copy()
+    (lake.raw / "orders/drop").mkdir()
+    (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
+    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 1, "lineitem": 6})
+    assert lakehouse.run(settings).ok
+    _relax_orders(monkeypatch)
+
+    # when its rule is fixed and it is replayed
+    report = lakehouse.replay(settings, "orders")
+
+    # then it passes the rule but is late: it stays in quarantine as late, silver does not have it
+    assert report.ok, report.error
+    assert report.result("silver.orders").message.startswith("replayed 0 of 1 quarantined rows; 1 still fail")
+    held = pl.read_delta(str(lake.root / "quarantine/orders")).filter(pl.col("_source_line") == 4)
+    assert held.get_column("check").to_list() == ["late_arrival(before 1992-07)"]
+    silver = pl.read_delta(str(lake.root / "silver/orders"))
+    assert silver.filter(pl.col("o_orderkey") == 9000003).height == 0
+
+    # and a backfill of its month takes it in and releases it
+    assert lakehouse.backfill(settings, "1992-02", "1992-02").ok
+    silver = pl.read_delta(str(lake.root / "silver/orders"))
+    assert silver.filter(pl.col("o_orderkey") == 9000003).get_column("o_totalprice").to_list() == [-5.0]
+    assert 4 not in pl.read_delta(str(lake.root / "quarantine/orders")).get_column("_source_line").to_list()

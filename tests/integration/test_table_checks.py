@@ -52,24 +52,27 @@ def checks_of(lake: Lake, run_id: str, table: str | None = None) -> dict[str, di
 def test_orphans_are_reported_with_count_and_sample_and_can_fail_the_run(lake_copy: Callable[[], Lake]) -> None:
     # given orders of a customer that does not exist and lines of an order that does not exist
     lake = lake_copy()
-    land(lake, "orders/drop/orphans.csv", ORDERS + order(9500001, cust=99999999) + order(9500002, cust=88888888))
+    orphans = "".join(order(9500000 + i, cust=99999990 + i) for i in range(10))
+    land(lake, "orders/drop/orphans.csv", ORDERS + orphans + order(9500010, cust=1))
     land(lake, "lineitem/drop/orphans.csv", LINES + "".join(line(9599999, n) for n in (1, 2, 3)))
 
-    # when the pipeline runs
-    report = lakehouse.run(lake.settings)
+    # when the pipeline runs, with broadcasts so small that the batch's keys are checked in 3 hash buckets
+    report = lakehouse.run(dataclasses.replace(lake.settings, broadcast_max_rows=1))
 
     # then the run goes on (the default action is warn) and each orphan check says how many and which
     assert report.ok, report.error
     orders = checks_of(lake, report.run_id, "silver.orders")["references(o_custkey -> customer.c_custkey)"]
-    assert (orders["observed"], orders["action"], orders["passed"]) == (2.0, "warn", False)
-    assert "2 row(s) have a o_custkey with no silver.customer row (e.g. o_custkey = 88888888, 99999999)" in \
-        orders["message"]
+    assert (orders["observed"], orders["action"], orders["passed"]) == (10.0, "warn", False)
+    assert orders["message"] == (
+        "11 new rows checked against silver.customer.c_custkey: 10 row(s) have a o_custkey with no silver.customer "
+        "row (e.g. o_custkey = 99999990, 99999991, 99999992, 99999993, 99999994)"
+    )
     lines = checks_of(lake, report.run_id, "silver.lineitem")["references(l_orderkey -> orders.o_orderkey)"]
     assert (lines["observed"], lines["passed"]) == (3.0, False)
     assert "(e.g. l_orderkey = 9599999)" in lines["message"]
     # the orphans are in silver all the same: warn keeps them
     keys = pl.read_delta(str(lake.root / "silver/orders")).get_column("o_orderkey")
-    assert keys.is_in([9500001, 9500002]).sum() == 2
+    assert keys.is_in(range(9500000, 9500011)).sum() == 11
 
     # and with the action set to fail, the next orphan stops the run before silver.orders commits
     land(lake, "orders/drop/more.csv", ORDERS + order(9500003, cust=77777777))
@@ -98,8 +101,11 @@ def test_drift_against_the_previous_month_is_reported_naming_month_and_column(la
     assert "1992-09 vs 1992-08: o_totalprice mean 1.5e+06" in mean["message"]
     assert not found["drift_quantiles"]["passed"]
     assert found["drift_null_share"]["passed"]
-    # 200 orders against about 190 the month before: the row count is within 50%
-    assert found["drift_rows"]["passed"], found["drift_rows"]["message"]
+    # 200 orders against the month before's: the row count is within 50%
+    august = pl.read_delta(str(lake.root / "silver/orders")).filter(
+        pl.col("o_orderdate").dt.strftime("%Y-%m") == "1992-08").height
+    assert found["drift_rows"]["passed"] == (abs(200 - august) / august <= 0.5)
+    assert f"1992-09 vs 1992-08: 200 rows, was {august}" in found["drift_rows"]["message"]
 
 
 def test_freshness_is_measured_against_the_logical_date_even_when_nothing_is_new(
@@ -224,6 +230,34 @@ def test_a_fail_rule_fails_the_run_naming_file_line_column_and_value(
     after = versions(lake.root)
     assert after["silver.orders"] == before["silver.orders"]
     assert after.get("quarantine.orders") == before.get("quarantine.orders")
+    # and the failed rule is in the run's checks
+    failed = checks_of(lake, report.run_id, "silver.orders")["greater_than_or_equal_to(0) on o_totalprice"]
+    assert (failed["observed"], failed["action"], failed["passed"]) == (1.0, "fail", False)
+
+
+def test_an_ingest_lag_gate_that_fails_still_ingests(lake_copy: Callable[[], Lake]) -> None:
+    # given a file waiting two hours and a lag check set to fail above one hour
+    lake = lake_copy()
+    land(lake, "orders/drop/old.csv", ORDERS + order(9800001))
+    two_hours_ago = time.time() - 7200
+    os.utime(lake.raw / "orders/drop/old.csv", (two_hours_ago, two_hours_ago))
+    settings = dataclasses.replace(lake.settings, max_ingest_lag_seconds={"orders": 3600},
+                                   check_actions={"ingest_lag": "fail"})
+    before = versions(lake.root)
+
+    report = lakehouse.run(settings)
+
+    # then the run fails naming the check, but the waiting file was ingested: refusing it would only grow the lag
+    assert isinstance(report.error, QualityGateFailed)
+    assert str(report.error).startswith("bronze.orders: quality check ingest_lag failed: 1 landed files not yet "
+                                        "ingested; the oldest waited 72")
+    assert str(report.error).endswith(f"the waiting files were ingested all the same (version "
+                                      f"{before['bronze.orders'] + 1})")
+    assert versions(lake.root)["bronze.orders"] == before["bronze.orders"] + 1
+    # and the next run has no lag and goes on to silver
+    report = lakehouse.run(settings)
+    assert report.ok, report.error
+    assert pl.read_delta(str(lake.root / "silver/orders")).get_column("o_orderkey").is_in([9800001]).any()
 
 
 def test_settings_naming_an_unknown_table_are_refused(lake_copy: Callable[[], Lake]) -> None:
@@ -232,6 +266,8 @@ def test_settings_naming_an_unknown_table_are_refused(lake_copy: Callable[[], La
         lakehouse.run(dataclasses.replace(lake.settings, freshness_days={"order": 1}))
     with pytest.raises(ConfigError, match=r"check_actions: cannot apply 'orders\.fresh'"):
         lakehouse.run(dataclasses.replace(lake.settings, check_actions={"orders.fresh": "fail"}))
+    with pytest.raises(ConfigError, match="freshness_days: customer has no event date"):
+        lakehouse.run(dataclasses.replace(lake.settings, freshness_days={"customer": 1}))
 
 
 def test_type_drift_quarantines_the_rows_and_above_the_share_fails_naming_file_column_and_value(

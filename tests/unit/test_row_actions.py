@@ -105,3 +105,25 @@ def test_property_warned_rows_stay_rejected_rows_leave_and_none_is_lost(rows: li
     assert split.rejected.get_column(ROW_ID).to_list() == [i for i, r in enumerate(rows) if rejected(r)]
     assert split.warned.get_column(ROW_ID).to_list() == [i for i, r in enumerate(rows) if warned(r)]
     assert split.valid.get_column("status").to_list() == [r[1] for r in rows if not rejected(r)]
+
+
+def test_action_keys_must_name_a_check_of_the_model() -> None:
+    from lakehouse.validation import validate_actions
+
+    class Typo(Orders):
+        class Config:
+            metadata: ClassVar[dict[str, Any]] = {"actions": {"usual_discont": "fail"}}
+
+    class Ambiguous(Lineitem):
+        class Config:
+            metadata: ClassVar[dict[str, Any]] = {"actions": {"less_than_or_equal_to": "fail"}}
+
+    class Fine(Lineitem):
+        class Config:
+            metadata: ClassVar[dict[str, Any]] = {"actions": {"l_tax.less_than_or_equal_to": "fail", "dtype": "fail"}}
+
+    with pytest.raises(ConfigError, match="'usual_discont' names no check of the model"):
+        validate_actions(Typo)
+    with pytest.raises(ConfigError, match=r"several columns \(l_discount, l_tax\); write column\.less_than"):
+        validate_actions(Ambiguous)
+    validate_actions(Fine)
