@@ -32,6 +32,15 @@ def _relax_orders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lakehouse.tpch, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
 
 
+def _with_bad_orders(lake_copy: Callable[[], Lake]) -> Lake:
+    """A processed lake plus BAD_ORDERS landed and run: lines 3 (bronze) and 4 (silver) quarantined."""
+    lake = lake_copy()
+    (lake.raw / "orders/drop").mkdir()
+    (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
+    assert lakehouse.run(lake.settings).ok
+    return lake
+
+
 def _quarantined(lake: Lake) -> pl.DataFrame:
     return pl.read_delta(str(lake.root / "quarantine/orders")).select("stage", "check", "_source_file", "_source_line")
 
@@ -87,10 +96,7 @@ def test_rows_that_pass_a_fixed_rule_move_to_silver_and_gold_once(
 def test_a_replay_stopped_between_its_two_commits_finishes_without_merging_twice(
     lake_copy: Callable[[], Lake], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake = lake_copy()
-    (lake.raw / "orders/drop").mkdir()
-    (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
-    assert lakehouse.run(lake.settings).ok
+    lake = _with_bad_orders(lake_copy)
     _relax_orders(monkeypatch)
     before = versions(lake.root)
 
@@ -122,10 +128,7 @@ def test_the_cli_replays_and_says_when_nothing_passes_yet(lake_copy: Callable[[]
     # given a lake with a quarantined negative-price order and the rule not fixed
     from tests.harness import cli, cli_env
 
-    lake = lake_copy()
-    (lake.raw / "orders/drop").mkdir()
-    (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
-    assert lakehouse.run(lake.settings).ok
+    lake = _with_bad_orders(lake_copy)
     before = versions(lake.root)
 
     done = cli("quarantine", "replay", "--table", "orders", "--root", str(lake.root), env=cli_env(tmp_path))
@@ -139,10 +142,7 @@ def test_a_replay_finished_after_a_normal_run_in_between_still_merges_once(
     lake_copy: Callable[[], Lake], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a replay that stopped after its silver commit, and then a normal run that quarantined more rows
-    lake = lake_copy()
-    (lake.raw / "orders/drop").mkdir()
-    (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
-    assert lakehouse.run(lake.settings).ok
+    lake = _with_bad_orders(lake_copy)
     _relax_orders(monkeypatch)
     monkeypatch.setenv("LAKEHOUSE_FAILPOINTS", "quarantine.orders:before_commit=raise")
     assert not lakehouse.replay(lake.settings, "orders").ok
@@ -172,9 +172,9 @@ def test_a_replayed_row_older_than_the_lookback_waits_for_a_backfill(
 ) -> None:
     # given a negative-price order of 1992-02 quarantined, and a lookback that closes months before 1992-07
     lake = lake_copy()
+    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 1, "lineitem": 6})
     (lake.raw / "orders/drop").mkdir()
     (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
-    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 1, "lineitem": 6})
     assert lakehouse.run(settings).ok
     _relax_orders(monkeypatch)
 
