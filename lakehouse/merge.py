@@ -1,0 +1,242 @@
+"""MERGE (upsert and delete) on declared keys, distributed: planned from the Delta log, executed on Ray workers one
+task per touched partition, committed once.
+
+Plan (driver, from the log only). The source is a set of files staged by workers, typed and laid out like the target
+(the partition column is in the file's partition values, not in its rows), with an optional boolean delete column and
+the spec's ordering columns. A target file is a *candidate* when it lies in a partition the source touches and the
+range of its first key column (min/max statistics) overlaps that of the partition's source files; the partition's task
+then reads only the candidates whose range holds one of its source keys. No other file is read.
+
+Execute (workers, one task per touched partition). The partition's source rows are reduced to one per key: the last by
+``order_by`` (the duplicates are counted). Each affected file is read; a matched key is deleted (delete column true) or
+updated when one of its compared values differs. A file with no such change is left as it is: not rewritten, and a
+merge whose source changes nothing commits nothing, so a rerun makes no new version. Source rows whose key no file of
+the partition holds are inserted into that partition, in the last rewritten file when there is one (no extra small
+file), else in a new one; a delete of an unknown key is counted and dropped.
+
+Commit (driver): one transaction that removes the rewritten files and adds their replacements and the inserts, with the
+caller's app transaction, against the version planned from. A concurrent commit makes it fail with
+:class:`~lakehouse.errors.CommitConflict` and the caller re-plans; it never overwrites blindly.
+
+Keys are assumed to stay in their partition (the partition is derived from a column a change does not move, such as
+an order's date); a table whose keys move between partitions is merged by partition overwrite (``lakehouse.silver``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from lakehouse import engine, table
+from lakehouse.files import DataFile
+from lakehouse.frames import read_files, without, write_frame
+from lakehouse.storage import Storage
+from lakehouse.table import Snapshot, TableFile
+
+REPORT = pa.schema([("kind", pa.string()), ("path", pa.string()), ("file", pa.string()), ("info", pa.string())])
+COUNTS = ("inserted", "updated", "deleted", "unchanged", "duplicates", "unmatched_deletes")
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """How source rows meet target rows.
+
+    ``keys`` identify a row. ``order_by``: of several source rows with one key, the last by these columns wins (then the
+    later file and row, so the choice is deterministic). ``compare``: the columns whose change makes a matched row an
+    update (None: every column not starting with ``_``, so lineage alone never rewrites a file). ``delete_column``: a
+    boolean source column; true deletes the key. ``partition``: the target's partition column (None: unpartitioned).
+    """
+
+    keys: tuple[str, ...]
+    order_by: tuple[str, ...] = ()
+    compare: tuple[str, ...] | None = None
+    delete_column: str | None = None
+    partition: str | None = None
+
+
+@dataclass
+class MergeResult:
+    version: int | None
+    files_read: int = 0
+    files_rewritten: int = 0
+    files_added: int = 0
+    partitions: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+
+
+def merge(
+    storage: Storage,
+    target: Snapshot,
+    source: list[DataFile],
+    source_rel: str,
+    spec: MergeSpec,
+    schema: pa.Schema,
+    *,
+    run_id: str,
+    max_rows: int,
+    app_transactions: Mapping[str, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> MergeResult:
+    """Merge the staged ``source`` files (under ``source_rel``) into ``target`` in one commit; see the module doc.
+
+    ``schema`` is the target's full schema (partition column included). Returns the committed version, or the target's
+    version when nothing changed.
+    """
+    groups = plan(target, source, spec)
+    result = MergeResult(version=target.version, partitions=len(groups))
+    if not groups:
+        return result
+    kwargs = {"storage": storage, "target_rel": target.ref.rel, "source_rel": source_rel, "spec": spec,
+              "schema": schema, "run_id": run_id, "max_rows": max_rows}
+    report = engine.collect(engine.run_tasks(groups, _merge_partition, fn_kwargs=kwargs))
+    removed = {r["path"] for r in report if r["kind"] == "remove"}
+    adds = [DataFile.from_json(r["file"]) for r in report if r["kind"] == "add"]
+    result.files_read = sum(r["kind"] == "read" for r in report)
+    result.files_rewritten = len(removed)
+    result.files_added = len(adds)
+    for r in report:
+        if r["kind"] == "counts":
+            for name, n in json.loads(r["info"]).items():
+                result.counts[name] += n
+    if not adds and not removed:
+        return result  # nothing changed: no new version
+    result.version = table.commit(
+        storage,
+        target,
+        schema=schema,
+        adds=adds,
+        removes=[f for f in target.files if f.path in removed],
+        partition_by=(spec.partition,) if spec.partition else (),
+        app_transactions=app_transactions,
+        metadata=dict(metadata or {}) | {"operation": "merge", "rewritten": len(removed)},
+    )
+    return result
+
+
+def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec) -> list[dict[str, Any]]:
+    """One task item per partition the source touches: its source files and the target files it may affect (same
+    partition, overlapping first-key range), from the log and the staged files' statistics alone."""
+    key = spec.keys[0]
+    by_partition: dict[str, list[DataFile]] = {}
+    for f in source:
+        if f.rows:
+            by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f)
+    groups = []
+    for values, files in sorted(by_partition.items()):
+        stats = [json.loads(f.stats) for f in files]
+        lows = [s.get("minValues", {}).get(key) for s in stats]
+        highs = [s.get("maxValues", {}).get(key) for s in stats]
+        low = None if None in lows else min(lows)
+        high = None if None in highs else max(highs)
+        partition_values = json.loads(values)
+        in_partition = [f for f in target.files if _same_partition(f, partition_values, spec)]
+        affected = [f for f in in_partition if _overlaps(f, key, low, high)]
+        groups.append({
+            "partition_values": partition_values,
+            "source": [{"path": f.path, "partition_values": f.partition_values} for f in files],
+            # with each file's key range: the task reads a file only if one of its source keys falls in it
+            "targets": [f.item() | {"low": f.mins.get(key), "high": f.maxs.get(key)} for f in affected],
+        })
+    return groups
+
+
+def _same_partition(f: TableFile, values: dict[str, str | None], spec: MergeSpec) -> bool:
+    return spec.partition is None or f.partition_values.get(spec.partition) == values.get(spec.partition)
+
+
+def _overlaps(f: TableFile, key: str, low: Any, high: Any) -> bool:
+    """Can file ``f`` hold a key in [low, high]? Unknown statistics mean it can."""
+    f_low, f_high = f.mins.get(key), f.maxs.get(key)
+    if None in (low, high, f_low, f_high):
+        return True
+    return bool(f_low <= high and low <= f_high)
+
+
+# --- worker side -------------------------------------------------------------------------------------------------
+
+
+def _merge_partition(
+    item: dict[str, Any],
+    *,
+    storage: Storage,
+    target_rel: str,
+    source_rel: str,
+    spec: MergeSpec,
+    schema: pa.Schema,
+    run_id: str,
+    max_rows: int,
+) -> pa.Table:
+    keys = list(spec.keys)
+    file_schema = without(schema, [spec.partition]) if spec.partition else schema
+    data = [n for n in file_schema.names]
+    compare = list(spec.compare) if spec.compare is not None else [
+        c for c in data if not c.startswith("_") and c not in keys
+    ]
+    counts = dict.fromkeys(COUNTS, 0)
+    src = read_files(storage, source_rel, item["source"]).with_row_index("__seq")
+    latest = src.sort([*spec.order_by, "__seq"], maintain_order=True).unique(subset=keys, keep="last")
+    counts["duplicates"] = src.height - latest.height
+    deleting = pl.col(spec.delete_column).fill_null(False) if spec.delete_column else pl.lit(False)
+    latest = latest.with_columns(deleting.alias("__delete"))
+    upserts = latest.filter(~pl.col("__delete")).select(data)
+    out: list[dict[str, Any]] = []
+    matched = []
+    held: pl.DataFrame | None = None  # the last rewritten file's rows, written with the inserts (no extra small file)
+    first = latest.get_column(keys[0])
+    for f in item["targets"]:
+        if f["low"] is not None and f["high"] is not None:
+            low, high = (pl.Series([v]).cast(first.dtype)[0] for v in (f["low"], f["high"]))
+            if not first.is_between(low, high).any():
+                continue  # no source key in this file's range: not read
+        out.append({"kind": "read", "path": f["path"]})
+        rows = read_files(storage, target_rel, [f]).select(data)
+        hits = latest.select(*keys, "__delete").join(rows.select(keys), on=keys, how="semi")
+        if not hits.height:
+            continue
+        matched.append(hits.select(keys))
+        deleted = hits.filter(pl.col("__delete")).select(keys)
+        candidates = upserts.join(hits.filter(~pl.col("__delete")).select(keys), on=keys, how="semi")
+        before = rows.join(candidates.select(keys), on=keys, how="semi")
+        changed = _changed(candidates, before, keys, compare)
+        counts["deleted"] += deleted.height
+        counts["updated"] += changed.height
+        counts["unchanged"] += candidates.height - changed.height
+        if not deleted.height and not changed.height:
+            continue  # every matched row is as it was: the file stays
+        gone = pl.concat([deleted, changed.select(keys)])
+        kept = rows.join(gone, on=keys, how="anti")
+        new = pl.concat([kept, changed.select(data)], how="vertical_relaxed")
+        out.append({"kind": "remove", "path": f["path"]})
+        if held is not None:
+            out += _written(storage, target_rel, held, file_schema, item["partition_values"], run_id, max_rows)
+        held = new
+    known = pl.concat(matched) if matched else latest.select(keys).clear()
+    inserts = upserts.join(known, on=keys, how="anti")
+    counts["inserted"] = inserts.height
+    counts["unmatched_deletes"] = latest.filter(pl.col("__delete")).join(known, on=keys, how="anti").height
+    if held is not None:
+        inserts = pl.concat([held, inserts], how="vertical_relaxed")
+    out += _written(storage, target_rel, inserts, file_schema, item["partition_values"], run_id, max_rows)
+    out.append({"kind": "counts", "info": json.dumps(counts)})
+    return pa.Table.from_pylist(out, schema=REPORT)
+
+
+def _changed(candidates: pl.DataFrame, before: pl.DataFrame, keys: list[str], compare: list[str]) -> pl.DataFrame:
+    """The source rows among ``candidates`` whose compared values differ from the target's (nulls compare equal)."""
+    if not compare:
+        return candidates.clear()
+    joined = candidates.join(before.select(*keys, *compare), on=keys, how="inner", suffix="__old")
+    differs = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in compare)
+    return candidates.join(joined.filter(differs).select(keys), on=keys, how="semi")
+
+
+def _written(
+    storage: Storage, rel: str, df: pl.DataFrame, schema: pa.Schema, values: dict[str, Any], run_id: str, max_rows: int
+) -> list[dict[str, Any]]:
+    files = write_frame(storage, rel, df, schema, partition_values=values, prefix=f"part-{run_id}", max_rows=max_rows)
+    return [{"kind": "add", "file": f.to_json()} for f in files]
