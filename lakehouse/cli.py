@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="shuffles row order inside landed files")
     data.add_argument("--parts-per-month", type=int, default=1)
     data.add_argument("--months", type=int, default=None, help="land only the first N order months")
+    data.add_argument("--cdc-events", type=int, default=0,
+                      help="also land N Debezium change events of customers under ROOT/raw/customer_cdc")
+    data.add_argument("--cdc-files", type=int, default=4, help="spread over this many files (default 4)")
     data.set_defaults(func=_demo_data)
 
     sw = sub.add_parser("sweep", help="delete files that no table version refers to (left by crashed runs)")
@@ -130,6 +133,8 @@ def _demo_data(args: argparse.Namespace) -> int:
         seed=args.seed,
         parts_per_month=args.parts_per_month,
         months=args.months,
+        cdc_events=args.cdc_events,
+        cdc_files=args.cdc_files,
     )
     print(f"landed {landed.written} new files under {settings.root}/raw ({landed.skipped} already there)")
     return 0

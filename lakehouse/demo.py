@@ -7,6 +7,8 @@ snapshot files (``raw/customer/customer.csv``). Landing is idempotent: a file th
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 import subprocess
 import sys
@@ -29,12 +31,20 @@ class Landed:
 
 
 def generate(
-    storage: Storage, *, scale_factor: float, seed: int = 0, parts_per_month: int = 1, months: int | None = None
+    storage: Storage,
+    *,
+    scale_factor: float,
+    seed: int = 0,
+    parts_per_month: int = 1,
+    months: int | None = None,
+    cdc_events: int = 0,
+    cdc_files: int = 4,
 ) -> Landed:
     """Generate TPC-H at ``scale_factor`` and land it under ``raw/``.
 
     TPC-H's generator is deterministic; ``seed`` shuffles the row order inside each landed file (a feed does not
-    deliver rows sorted by key). ``months`` keeps only the first N order months (small test data).
+    deliver rows sorted by key). ``months`` keeps only the first N order months (small test data). ``cdc_events``
+    change events of customers are landed under ``raw/customer_cdc/`` as Debezium envelopes (see :func:`cdc_events`).
     """
     with tempfile.TemporaryDirectory(prefix="tpchgen-") as tmp:
         _run_tpchgen(Path(tmp), scale_factor)
@@ -62,7 +72,82 @@ def generate(
             drop = drop.sample(fraction=1.0, shuffle=True, seed=seed)
             for i, part in enumerate(_split(drop, parts_per_month)):
                 land(f"raw/{table}/{month}/part-{i}.csv", part)
+    if cdc_events:
+        for i, text in enumerate(cdc_event_files(frames["customer"], cdc_events, cdc_files, seed=seed)):
+            rel = f"raw/customer_cdc/events-{i:04d}.ndjson"
+            if storage.exists(rel):
+                skipped += 1
+            else:
+                storage.write_bytes_atomic(rel, text.encode())
+                written += 1
     return Landed(written=written, skipped=skipped)
+
+
+CDC_CHANGED = ("c_acctbal", "c_address", "c_mktsegment")
+SEGMENTS = ("AUTOMOBILE", "BUILDING", "FURNITURE", "HOUSEHOLD", "MACHINERY")
+
+
+def cdc_event_files(customers: pl.DataFrame, events: int, files: int, *, seed: int = 0) -> list[str]:
+    """Debezium change events of ``customers`` (the landed snapshot, strings), as a PostgreSQL connector through a
+    Kafka Connect sink would land them: NDJSON envelopes ``{"before", "after", "source": {"lsn", "ts_ms", ...}, "op",
+    "ts_ms"}``; ``c`` creates new customers, ``u`` changes c_acctbal, c_address or c_mktsegment, ``d`` deletes
+    (``after`` null, then a tombstone line ``null``). The events are in LSN order within a file, but about one in ten
+    is delivered a file late (out of order across files) and about one in twenty again in a later file (a
+    duplicate)."""
+    rng = random.Random(seed)
+    state = {int(r["c_custkey"]): dict(r) for r in customers.iter_rows(named=True)}
+    next_key = max(state) + 1
+    lsn, ts = 1_000_000, 1_700_000_000_000
+    out: list[str | None] = []  # JSON lines (None: a tombstone)
+    for _ in range(events):
+        lsn += rng.randint(1, 50)
+        ts += rng.randint(1, 5_000)
+        roll = rng.random()
+        if roll < 0.15 or not state:
+            key, op = next_key, "c"
+            next_key += 1
+            before = None
+            after = {**rng.choice(list(state.values()) or [dict(customers.row(0, named=True))]), "c_custkey": str(key),
+                     "c_name": f"Customer#{key:09d}"}
+        elif roll < 0.25:
+            key = rng.choice(list(state))
+            op, before, after = "d", state.pop(key), None
+        else:
+            key = rng.choice(list(state))
+            op, before = "u", state[key]
+            after = dict(before)
+            column = rng.choice(CDC_CHANGED)
+            after[column] = {"c_acctbal": f"{rng.uniform(-999.99, 9999.99):.2f}",
+                             "c_address": f"{rng.randint(1, 999)} Change Street",
+                             "c_mktsegment": rng.choice(SEGMENTS)}[column]
+        if after is not None:
+            state[key] = after
+        envelope = {
+            "before": _typed(before), "after": _typed(after),
+            "source": {"connector": "postgresql", "db": "tpch", "table": "customer", "lsn": lsn, "ts_ms": ts},
+            "op": op, "ts_ms": ts + rng.randint(5, 500),
+        }
+        out.append(json.dumps(envelope))
+        if op == "d":
+            out.append(None)
+    chunks: list[list[str | None]] = [[] for _ in range(files)]
+    size = -(-len(out) // files)
+    for i, line in enumerate(out):
+        target = min(i // size, files - 1)
+        if line is not None and rng.random() < 0.10 and target + 1 < files:
+            target += 1  # delivered late, after newer events
+        chunks[target].append(line)
+        if line is not None and rng.random() < 0.05:
+            chunks[min(files - 1, target + rng.randint(0, 1))].append(line)  # delivered again
+    return ["".join(("null" if line is None else line) + "\n" for line in chunk) for chunk in chunks if chunk]
+
+
+def _typed(row: dict[str, str] | None) -> dict[str, object] | None:
+    """A customer row as the connector serialises it: numbers as numbers."""
+    if row is None:
+        return None
+    return {**row, "c_custkey": int(row["c_custkey"]), "c_nationkey": int(row["c_nationkey"]),
+            "c_acctbal": float(row["c_acctbal"])}
 
 
 def _split(df: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
