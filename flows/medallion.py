@@ -58,13 +58,19 @@ def silver(ctx: RunContext, name: str) -> StageResult:
     return _logged(lakehouse.build_silver(ctx, name))
 
 
+@task(name="cdc", task_run_name="cdc.{name}", **_TASK_OPTIONS)
+def changes(ctx: RunContext, name: str) -> StageResult:
+    """Apply the change events landed since the last run to ``silver.<name>`` and its history."""
+    return _logged(lakehouse.runner.apply_changes(ctx, name))
+
+
 @task(name="gold", task_run_name="gold.{name}", **_TASK_OPTIONS)
 def gold(ctx: RunContext, name: str) -> StageResult:
     """Rebuild what changed of the gold table ``name``."""
     return _logged(lakehouse.build_gold(ctx, name))
 
 
-TASKS: dict[str, Task[..., StageResult]] = {"bronze": bronze, "silver": silver, "gold": gold}
+TASKS: dict[str, Task[..., StageResult]] = {"bronze": bronze, "silver": silver, "cdc": changes, "gold": gold}
 
 
 def _logged(result: StageResult) -> StageResult:

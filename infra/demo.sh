@@ -11,7 +11,7 @@ ROOT="${ROOT:-$LAKEHOUSE_ROOT}"
 SF="${SF:-0.1}"
 
 echo "== Landing TPC-H SF $SF under $ROOT/raw"
-lakehouse demo-data --root "$ROOT" --scale-factor "$SF"
+lakehouse demo-data --root "$ROOT" --scale-factor "$SF" --cdc-events "${CDC_EVENTS:-2000}"
 
 echo "== Bringing up Prefect (server, worker, deployment)"
 "$LAKEHOUSE_PROJECT_DIR/infra/up.sh"

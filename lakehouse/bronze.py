@@ -421,7 +421,8 @@ def _record_lines(raw: bytes) -> Any:
 
 
 def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
-    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text."""
+    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text. A ``null`` line (a
+    tombstone a Kafka Connect sink writes after a delete) is no record."""
     records: list[dict[str, str | None]] = []
     lines: list[int] = []
     bad: list[Bad] = []
@@ -440,6 +441,8 @@ def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
         except json.JSONDecodeError as e:
             bad.append((number, line, f"invalid JSON: {e.msg} at column {e.colno}"))
             continue
+        if obj is None:
+            continue  # a tombstone (Kafka's null value after a delete): no record
         if not isinstance(obj, dict):
             bad.append((number, line, f"expected a JSON object, found {type(obj).__name__}"))
             continue

@@ -21,7 +21,14 @@ import json
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
+from lakehouse import bronze, engine, merge, quarantine, silver, table
+from lakehouse.context import RunContext, StageResult
+from lakehouse.files import DataFile, write_data_file
+from lakehouse.frames import read_files, to_arrow, write_frame
+from lakehouse.spec import CdcSpec, SilverSpec
+from lakehouse.storage import Storage
 from lakehouse.validation import ROW_ID, model_dtypes, split_valid
 
 OPS = ("c", "u", "d", "r")
@@ -30,7 +37,8 @@ SNAPSHOT_LSN = -1
 TIMESTAMP = pl.Datetime("us", "UTC")
 HISTORY: dict[str, pl.DataType] = {"valid_from": TIMESTAMP, "valid_to": TIMESTAMP, "is_current": pl.Boolean(),
                                    "is_deleted": pl.Boolean(),
-                                   "_lsn": pl.Int64(), "_end_lsn": pl.Int64(), "_end_op": pl.String()}
+                                   "_lsn": pl.Int64(), "_end_lsn": pl.Int64(), "_end_op": pl.String(),
+                                   "_ts_ms": pl.Int64(), "_end_ts_ms": pl.Int64()}
 EVENT = {"_op": pl.String, "_lsn": pl.Int64, "_ts_ms": pl.Int64}
 
 
@@ -193,6 +201,8 @@ def chains(
         pl.col("_lsn").cast(pl.Int64),
         pl.when(is_delete).then(None).otherwise(pl.col("_end_lsn")).cast(pl.Int64).alias("_end_lsn"),
         pl.when(is_delete).then(None).otherwise(pl.col("_end_op")).alias("_end_op"),
+        pl.when(pl.col("_lsn") == SNAPSHOT_LSN).then(None).otherwise(pl.col("_ts_ms")).cast(pl.Int64).alias("_ts_ms"),
+        pl.when(is_delete).then(None).otherwise(pl.col("__end_ms")).cast(pl.Int64).alias("_end_ts_ms"),
     )
 
 
@@ -205,3 +215,225 @@ def current(versions: pl.DataFrame, touched: pl.DataFrame, keys: tuple[str, ...]
     gone = touched.select(keys_l).unique().join(live.select(keys_l), on=keys_l, how="anti")
     return pl.concat([live.with_columns(pl.lit(False).alias("__delete")),
                       gone.with_columns(pl.lit(True).alias("__delete"))], how="diagonal_relaxed")
+
+
+# --- the stage: bronze change events -> silver history (SCD2) -> silver current state (SCD1) -----------------------
+
+
+def app_id(name: str) -> str:
+    return f"lakehouse/cdc.{name}"
+
+
+def history_schema(spec: Any) -> pa.Schema:
+    """The history table: the model's columns, lineage of the event that opened the version, then validity."""
+    base = silver.arrow_schema(spec)
+    fields = [f for f in base if f.name not in ("_run_id",)]
+    fields += [pa.field("valid_from", pa.timestamp("us", tz="UTC")), pa.field("valid_to", pa.timestamp("us", tz="UTC")),
+               pa.field("is_current", pa.bool_()), pa.field("is_deleted", pa.bool_()), pa.field("_lsn", pa.int64()),
+               pa.field("_end_lsn", pa.int64()), pa.field("_end_op", pa.string()),
+               # the commit times of the events that opened and closed the version, in ms (for the lag)
+               pa.field("_ts_ms", pa.int64()), pa.field("_end_ts_ms", pa.int64())]
+    return pa.schema(fields)
+
+
+def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
+    """Apply the change events landed since the last run to ``silver.<history>`` and ``silver.<name>``, one commit
+    each (history first: the current state is read back from it), each carrying the bronze version it applied."""
+    result = StageResult(table=str(silver.ref(cdc.history)))
+    storage = ctx.storage
+    source = table.snapshot(storage, bronze.ref(cdc.source))
+    target = table.snapshot(storage, silver.ref(cdc.name))
+    history = table.snapshot(storage, silver.ref(cdc.history))
+    result.version = history.version
+    if not source.exists or not target.exists:
+        missing = source.ref if not source.exists else target.ref
+        return result.finish("skipped", f"no {missing} yet")
+    assert source.version is not None and target.schema is not None
+    result.inputs = {str(source.ref): source.version}
+    app = app_id(cdc.name)
+    marks = [None if ctx.full_refresh else table.txn_version(storage, ref.ref, app) for ref in (history, target)]
+    done_history, done_current = (m is not None and m >= source.version for m in marks)
+    pending, _ = bronze.pending_files(storage, source)
+    result.files_pending = len(pending)
+    if done_history and done_current:
+        result.lag_seconds = _lag(history, ctx)
+        return result.finish("skipped", "up to date")
+    since = None if None in marks else min(m for m in marks if m is not None)
+    new_files = [f for f in silver.files_since(storage, source, since) if f.rows]
+    staging = f"_staging/{ctx.run_id}/cdc/{cdc.name}"
+    common = {"storage": storage, "spec": spec, "staging": staging, "run_id": ctx.run_id}
+    try:
+        parsed = engine.collect(engine.run_tasks([{"path": f.path} for f in new_files], _parse_file,
+                                                 fn_kwargs={**common, "source": cdc.source}))
+        events = [DataFile.from_json(m["file"]) for m in parsed if m["kind"] == "events"]
+        rejected = [DataFile.from_json(m["file"]) for m in parsed if m["kind"] == "quarantine"]
+        result.files_in = len(new_files)
+        result.rows_in = sum(m["n"] for m in parsed if m["kind"] == "read")
+        result.rows_quarantined = sum(f.rows for f in rejected)
+        info = {"run_id": ctx.run_id, "stage": "cdc", "inputs": result.inputs}
+        quarantine.commit(storage, cdc.source, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
+        event_items = [{"path": f.path, "partition_values": {}} for f in events]
+        if not done_history:
+            history = _commit_history(ctx, cdc, spec, history, target, event_items, staging, info, source.version)
+        if not done_current:
+            item = {"events": event_items, "history": [f.item() for f in history.files]}
+            kwargs = {**common, "history_rel": history.ref.rel, "target_schema": target.schema}
+            staged = engine.collect(engine.run_tasks([item], _current_rows, fn_kwargs=kwargs))
+            merged = merge.merge(
+                storage, target, [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "current"], staging,
+                merge.MergeSpec(keys=spec.keys, delete_column="__delete"), target.schema, run_id=ctx.run_id,
+                max_rows=ctx.settings.target_file_rows, app_transactions={app: source.version}, metadata=info,
+            )
+            result.rows_written = merged.counts["inserted"] + merged.counts["updated"]
+            result.rows_duplicate = merged.counts["unchanged"]
+            current_version = merged.version
+            if merged.version == target.version and merged.version is not None:
+                # nothing changed in the current state: record the watermark all the same
+                table.commit(storage, table.snapshot(storage, target.ref), schema=target.schema, adds=[],
+                             app_transactions={app: source.version}, metadata=info)
+                current_version = table.snapshot(storage, target.ref).version
+            counts = merged.counts
+            result.message = (f"{cdc.name} at version {current_version}: {counts['inserted']} inserted, "
+                              f"{counts['updated']} updated, {counts['deleted']} deleted")
+        history = table.snapshot(storage, history.ref)
+        result.version = history.version
+        result.lag_seconds = _lag(history, ctx)
+    finally:
+        storage.delete_dir(staging)
+    return result.finish("committed", result.message)
+
+
+def _lag(history: table.Snapshot, ctx: RunContext) -> float:
+    """Seconds from the newest applied event's commit time to the run's start (from the log's statistics)."""
+    newest = [int(v) for f in history.files for c in ("_ts_ms", "_end_ts_ms") if (v := f.maxs.get(c)) is not None]
+    if not newest:
+        return 0.0
+    return max(0.0, ctx.started_at.timestamp() - max(newest) / 1000)
+
+
+def _commit_history(
+    ctx: RunContext, cdc: CdcSpec, spec: SilverSpec, history: table.Snapshot, target: table.Snapshot,
+    events: list[dict[str, Any]], staging: str, info: dict[str, Any], version: int,
+) -> table.Snapshot:
+    """Rebuild the chains of the keys the events touch, in one commit; the first time (or on a full refresh) the
+    current table's rows are the first version of every key."""
+    storage = ctx.storage
+    seed = not history.exists or ctx.full_refresh
+    item = {"events": events, "history": [] if seed else [f.item() for f in history.files],
+            "seed": [f.item() for f in target.files] if seed else []}
+    kwargs = {"storage": storage, "spec": spec, "history_rel": silver.ref(cdc.history).rel, "staging": staging,
+              "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
+    out = engine.collect(engine.run_tasks([item], _rebuild_history, fn_kwargs=kwargs))
+    removed = {m["path"] for m in out if m["kind"] == "remove"}
+    adds = [DataFile.from_json(m["file"]) for m in out if m["kind"] == "add"]
+    removes = list(history.files) if seed else [f for f in history.files if f.path in removed]
+    table.commit(storage, history, schema=history_schema(spec), adds=adds, removes=removes,
+                 app_transactions={app_id(cdc.name): version}, metadata=info)
+    return table.snapshot(storage, history.ref)
+
+
+# --- worker side -------------------------------------------------------------------------------------------------
+
+
+def _parse_file(
+    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, staging: str, run_id: str, source: str
+) -> pa.Table:
+    raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
+    out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height}]
+    for needed in ("op", "before", "after", "source"):
+        if needed not in raw.columns:
+            raw = raw.with_columns(pl.lit(None, pl.String).alias(needed))
+    events, rejected = parse_events(raw, spec.model, spec.keys)
+    if rejected.height:
+        lines = raw.with_row_index(ROW_ID).join(rejected, on=ROW_ID)
+        envelope = [c for c in raw.columns if not c.startswith("_")]
+        q = quarantine.records(
+            stage="silver", checks=lines.get_column("check").to_list(), columns=lines.get_column("column").to_list(),
+            values=lines.get_column("value").to_list(), failures=lines.get_column("failures").to_list(),
+            rows=[json.dumps(r) for r in lines.select(envelope).iter_rows(named=True)],
+            source_files=lines.get_column("_source_file").to_list(),
+            source_lines=lines.get_column("_source_line").to_list(), run_id=run_id,
+        )
+        qfile = quarantine.write(storage, source, q, stage="silver", source_file=lines.get_column("_source_file")[0],
+                                 run_id=run_id)
+        out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows})
+    if events.height:
+        f = write_data_file(storage, staging, events.to_arrow(), prefix="events")
+        out.append({"kind": "events", "file": f.to_json(), "n": f.rows})
+    return pa.Table.from_pylist(out, schema=_META)
+
+
+def _columns(spec: SilverSpec) -> list[str]:
+    return [*model_dtypes(spec.model), "_source_file", "_source_line", "_ingested_at"]
+
+
+def _rebuild_history(
+    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, history_rel: str, staging: str, run_id: str,
+    max_rows: int,
+) -> pa.Table:
+    keys = list(spec.keys)
+    columns = _columns(spec)
+    schema = history_schema(spec)
+    events = read_files(storage, staging, item["events"]) if item["events"] else pl.DataFrame()
+    out: list[dict[str, Any]] = []
+    if item["seed"]:
+        rows = read_files(storage, silver.ref(spec.name).rel, item["seed"]).select(columns)
+        existing = rows.with_columns(
+            pl.col("_ingested_at").alias("valid_from"), pl.lit(None, TIMESTAMP).alias("valid_to"),
+            pl.lit(True).alias("is_current"), pl.lit(False).alias("is_deleted"),
+            pl.lit(SNAPSHOT_LSN, pl.Int64).alias("_lsn"), pl.lit(None, pl.Int64).alias("_end_lsn"),
+            # a snapshot row has no commit time of its own (valid_from is when it was ingested): no lag from it
+            pl.lit(None, pl.String).alias("_end_op"), pl.lit(None, pl.Int64).alias("_ts_ms"),
+            pl.lit(None, pl.Int64).alias("_end_ts_ms"),
+        )
+        files = [existing]
+    else:
+        files = [read_files(storage, history_rel, [f]) for f in item["history"]]
+        existing = pl.concat(files, how="vertical_relaxed") if files else pl.DataFrame(schema=_polars(schema))
+    if not events.height:
+        rebuilt = existing if item["seed"] else existing.clear()
+        touched_files: list[str] = []
+    else:
+        events = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP))
+        versions = chains(existing, events.select(*columns, *EVENT), spec.keys, columns)
+        touched = events.select(keys).unique()
+        if item["seed"]:
+            rebuilt = pl.concat([existing.join(touched, on=keys, how="anti"), versions.select(existing.columns)])
+            touched_files = []
+        else:
+            # Rewrite the files that hold a touched key (a key's versions stay in one file), plus the new keys.
+            touched_files = [f["path"] for f, df in zip(item["history"], files, strict=True)
+                             if df.join(touched, on=keys, how="semi").height]
+            kept = [df.join(touched, on=keys, how="anti") for f, df in zip(item["history"], files, strict=True)
+                    if f["path"] in touched_files]
+            rebuilt = pl.concat([*kept, versions.select(existing.columns)], how="vertical_relaxed")
+    out += [{"kind": "remove", "path": p} for p in touched_files]
+    for f in write_frame(storage, history_rel, rebuilt.select(schema.names), schema, prefix=f"part-{run_id}",
+                         max_rows=max_rows):
+        out.append({"kind": "add", "file": f.to_json()})
+    return pa.Table.from_pylist(out, schema=_HISTORY_META)
+
+
+def _current_rows(
+    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, staging: str, run_id: str, history_rel: str,
+    target_schema: pa.Schema,
+) -> pa.Table:
+    """The current state of the keys the events touch, read back from the committed history."""
+    keys = list(spec.keys)
+    if not item["events"]:
+        return pa.Table.from_pylist([], schema=_META)
+    touched = read_files(storage, staging, item["events"], columns=keys).unique()
+    versions = read_files(storage, history_rel, item["history"]).join(touched, on=keys, how="semi")
+    rows = current(versions, touched, spec.keys)
+    full = pa.schema([*target_schema, pa.field("__delete", pa.bool_())])
+    rows = rows.with_columns(pl.lit(None).alias(n) for n in full.names if n not in rows.columns)
+    f = write_data_file(storage, staging, to_arrow(rows.select(full.names), full), prefix="current")
+    return pa.Table.from_pylist([{"kind": "current", "file": f.to_json(), "n": f.rows}], schema=_META)
+
+
+def _polars(schema: pa.Schema) -> dict[str, Any]:
+    return dict(pl.from_arrow(schema.empty_table()).schema)  # type: ignore[union-attr]
+
+
+_META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64())])
+_HISTORY_META = pa.schema([("kind", pa.string()), ("path", pa.string()), ("file", pa.string())])

@@ -74,6 +74,8 @@ class StageResult:
     # Bronze: landed files waiting for ingest when the stage started, and how long the oldest had waited (seconds).
     files_pending: int = 0
     pending_seconds: float = 0.0
+    # Change data capture: seconds from the newest applied event's commit time to the run's start.
+    lag_seconds: float = 0.0
     # The versions of the input tables this stage read ("bronze.orders" -> 7), so a user can ask which silver
     # version a gold table was built from; bronze reads landed files and records how many it has ingested in all.
     inputs: dict[str, int] = field(default_factory=dict)

@@ -38,6 +38,7 @@ SCHEMA = pa.schema(
         ("inputs", pa.string()),
         ("files_pending", pa.int64()),
         ("pending_seconds", pa.float64()),
+        ("lag_seconds", pa.float64()),
     ]
 )
 
@@ -68,6 +69,7 @@ def record(ctx: RunContext, results: list[StageResult]) -> None:
             "inputs": json.dumps(r.inputs, sort_keys=True),
             "files_pending": r.files_pending,
             "pending_seconds": round(r.pending_seconds, 3),
+            "lag_seconds": round(r.lag_seconds, 3),
         }
         for r in results
     ]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lakehouse import bronze, checks, engine, gold, maintenance, runlog, silver
+from lakehouse import bronze, cdc, checks, engine, gold, maintenance, runlog, silver
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.settings import Settings
@@ -62,6 +62,13 @@ def build_silver(ctx: RunContext, name: str) -> StageResult:
 def replay_silver(ctx: RunContext, name: str) -> StageResult:
     spec = pipeline(ctx.settings.pipeline).silver_spec(name)
     return _guarded(ctx, str(silver.ref(name)), lambda: silver.replay(ctx, spec))
+
+
+def apply_changes(ctx: RunContext, history: str) -> StageResult:
+    """Apply change events to ``silver.<history>`` and the current state it keeps (the CdcSpec with that history)."""
+    spec = pipeline(ctx.settings.pipeline)
+    changes = spec.cdc_spec(history)
+    return _guarded(ctx, str(silver.ref(history)), lambda: cdc.apply(ctx, changes, spec.silver_spec(changes.name)))
 
 
 def build_gold(ctx: RunContext, name: str) -> StageResult:
@@ -129,7 +136,7 @@ class Stage:
 
     @property
     def table(self) -> str:
-        return f"silver.{self.name}" if self.layer == "replay" else f"{self.layer}.{self.name}"
+        return f"silver.{self.name}" if self.layer in ("replay", "cdc") else f"{self.layer}.{self.name}"
 
     @property
     def label(self) -> str:
@@ -138,7 +145,8 @@ class Stage:
         return f"{self.table}[{months[0][:7]}..{months[1][:7]}]" if months else self.table
 
     def __call__(self) -> StageResult:
-        stages = {"bronze": ingest, "silver": build_silver, "replay": replay_silver, "gold": build_gold}
+        stages = {"bronze": ingest, "silver": build_silver, "replay": replay_silver, "cdc": apply_changes,
+                  "gold": build_gold}
         return stages[self.layer](self.ctx, self.name)
 
 
@@ -152,6 +160,7 @@ def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months:
         return [
             *(Stage("bronze", s, ctx) for s in spec.sources),
             *(Stage("silver", s.name, ctx) for s in spec.silver),
+            *(Stage("cdc", c.history, ctx) for c in spec.cdc),
             *(Stage("gold", g.name, ctx) for g in spec.gold),
         ]
     if ctx.full_refresh:

@@ -89,7 +89,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             result.checks.append(checks.empty_batch(gate, f"nothing new in {source.ref} since version {mark}"))
         checks.enforce(result.checks)
         return result.finish("skipped", "up to date")
-    new_files = _files_since(storage, source, mark)
+    new_files = files_since(storage, source, mark)
     staging = f"_staging/{ctx.run_id}/silver/{spec.name}"
     extra = _new_columns(ctx, spec, source, base)
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
@@ -416,7 +416,7 @@ def _new_columns(
     return tuple(have)
 
 
-def _files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
+def files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
     """Bronze files added after version ``mark`` (bronze only ever appends)."""
     if mark is None:
         return list(source.files)

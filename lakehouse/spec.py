@@ -34,6 +34,16 @@ class SilverSpec:
 
 
 @dataclass(frozen=True)
+class CdcSpec:
+    """Change events (Debezium envelopes landed under ``raw/<source>/``) applied to silver table ``name`` (current
+    state, SCD type 1) through ``history`` (one row per version, SCD type 2); see ``lakehouse.cdc``."""
+
+    name: str
+    source: str
+    history: str
+
+
+@dataclass(frozen=True)
 class GoldSpec:
     """A curated table built by ``build(ctx, spec)`` from the silver tables named in ``inputs``."""
 
@@ -49,9 +59,13 @@ class Pipeline:
     sources: tuple[str, ...]
     silver: tuple[SilverSpec, ...]
     gold: tuple[GoldSpec, ...]
+    cdc: tuple[CdcSpec, ...] = ()
 
     def silver_spec(self, name: str) -> SilverSpec:
         return next(s for s in self.silver if s.name == name)
+
+    def cdc_spec(self, history: str) -> CdcSpec:
+        return next(c for c in self.cdc if c.history == history)
 
     def gold_spec(self, name: str) -> GoldSpec:
         return next(g for g in self.gold if g.name == name)

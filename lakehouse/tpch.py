@@ -25,11 +25,11 @@ import pyarrow as pa
 from lakehouse import engine, gold, silver, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.frames import read_files, to_frame, write_frame
-from lakehouse.spec import GoldSpec, MonthPartition, Pipeline, SilverSpec
+from lakehouse.spec import CdcSpec, GoldSpec, MonthPartition, Pipeline, SilverSpec
 from lakehouse.storage import Storage
 from schemas import tpch as models
 
-SOURCES = ("region", "nation", "customer", "orders", "lineitem")
+SOURCES = ("region", "nation", "customer", "orders", "lineitem", "customer_cdc")
 
 SILVER = (
     SilverSpec("region", "region", models.Region, keys=("r_regionkey",)),
@@ -310,4 +310,6 @@ GOLD = (
     GoldSpec("pricing_summary_monthly", ("lineitem",), build_pricing_summary, partition_column="ship_month"),
 )
 
-PIPELINE = Pipeline(name="tpch", sources=SOURCES, silver=SILVER, gold=GOLD)
+# Debezium change events of customers (raw/customer_cdc/), applied to silver.customer after its snapshot.
+CDC = (CdcSpec("customer", "customer_cdc", "customer_history"),)
+PIPELINE = Pipeline(name="tpch", sources=SOURCES, silver=SILVER, gold=GOLD, cdc=CDC)

@@ -29,7 +29,9 @@ def test_pipeline_on_s3_matches_the_oracle_and_reruns_as_a_no_op(
 
     # then: every table is committed and gold equals the oracle on the same CSV, read back from S3
     assert report.ok, report.error
-    assert all(r.status == "committed" for r in report.results)
+    # (no change events were landed: their stages have nothing to do)
+    assert {r.table for r in report.results if r.status != "committed"} == {"bronze.customer_cdc",
+                                                                           "silver.customer_history"}
     for table, keys in SORT.items():
         actual = pl.read_delta(f"s3://lake/tpch/gold/{table}", storage_options=s3_options)
         assert_frames_match(actual, expected(tpch_raw, table), keys)
