@@ -32,6 +32,7 @@ from lakehouse.storage import Storage
 from lakehouse.validation import ROW_ID, model_dtypes, split_valid
 
 OPS = ("c", "u", "d", "r")
+ENVELOPE = ("op", "before", "after", "source", "ts_ms")
 SNAPSHOT_LSN = -1
 # History columns after the model's: validity, whether current, and the events that opened and closed the version.
 TIMESTAMP = pl.Datetime("us", "UTC")
@@ -52,11 +53,13 @@ def parse_events(raw: pl.DataFrame, model: Any, keys: tuple[str, ...]) -> tuple[
     d), a ``source`` without an integer ``lsn``, or an image that fails the model.
     """
     columns = list(model_dtypes(model))
+    # A file whose envelopes all lack a field has no such column in bronze.
+    raw = raw.with_columns(pl.lit(None, pl.String).alias(c) for c in ENVELOPE if c not in raw.columns)
     raw = raw.with_row_index(ROW_ID)
     images: list[dict[str, str | None]] = []
     meta: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    for row in raw.select(ROW_ID, "op", "before", "after", "source").iter_rows(named=True):
+    for row in raw.select(ROW_ID, "op", "before", "after", "source", "ts_ms").iter_rows(named=True):
         problem = _envelope_problem(row)
         if problem:
             bad.append({ROW_ID: row[ROW_ID], "check": problem[0], "column": problem[1], "value": problem[2]})
@@ -67,8 +70,7 @@ def parse_events(raw: pl.DataFrame, model: Any, keys: tuple[str, ...]) -> tuple[
         values = {c: _text(image.get(c)) for c in columns} if op != "d" else {
             c: (_text(image.get(c)) if c in keys else None) for c in columns}
         images.append(values)
-        meta.append({ROW_ID: row[ROW_ID], "_op": op, "_lsn": int(source["lsn"]),
-                     "_ts_ms": int(source.get("ts_ms") or 0)})
+        meta.append({ROW_ID: row[ROW_ID], "_op": op, "_lsn": int(source["lsn"]), "_ts_ms": _commit_ms(row, source)})
     strings = pl.DataFrame(images, schema={c: pl.String for c in columns})
     meta_df = pl.DataFrame(meta, schema={ROW_ID: pl.UInt32, **EVENT})
     rejected = _rejected_frame(bad)
@@ -125,6 +127,19 @@ def _envelope_problem(row: dict[str, Any]) -> tuple[str, str, str | None] | None
     lsn = source.get("lsn") if source else None
     if not isinstance(lsn, int) or isinstance(lsn, bool):
         return ("missing_lsn", "source", row["source"])
+    if _commit_ms(row, source) is None:
+        return ("missing_ts_ms", "source", row["source"])
+    return None
+
+
+def _commit_ms(row: dict[str, Any], source: dict[str, Any] | None) -> int | None:
+    """The event's commit time: ``source.ts_ms``, else the envelope's ``ts_ms`` (when the connector saw it)."""
+    for value in ((source or {}).get("ts_ms"), row.get("ts_ms")):
+        try:
+            if value is not None and not isinstance(value, bool):
+                return int(value)
+        except (TypeError, ValueError):
+            continue
     return None
 
 
@@ -221,7 +236,13 @@ def current(versions: pl.DataFrame, touched: pl.DataFrame, keys: tuple[str, ...]
 
 
 def app_id(name: str) -> str:
-    return f"lakehouse/cdc.{name}"
+    return silver.cdc_app_id(name)
+
+
+def current_app_id(name: str) -> str:
+    """Recorded on the history table when applying a batch left the current state as it was (no commit to it, so
+    tables built from it do not see a change)."""
+    return f"{silver.cdc_app_id(name)}.current"
 
 
 def history_schema(spec: Any) -> pa.Schema:
@@ -251,14 +272,23 @@ def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
     assert source.version is not None and target.schema is not None
     result.inputs = {str(source.ref): source.version}
     app = app_id(cdc.name)
-    marks = [None if ctx.full_refresh else table.txn_version(storage, ref.ref, app) for ref in (history, target)]
-    done_history, done_current = (m is not None and m >= source.version for m in marks)
+    applied = table.txn_version(storage, target.ref, app)
+    in_history = table.txn_version(storage, history.ref, app)
+    unchanged = table.txn_version(storage, history.ref, current_app_id(cdc.name))
+    # The snapshot stage rewrote the table (a full refresh, a new snapshot file) and reset our watermark, or a full
+    # refresh: apply everything again, from the table as its snapshot left it.
+    rebuild = ctx.full_refresh or applied == -1
+    done_history = not rebuild and in_history is not None and in_history >= source.version
+    current_mark = max(-1 if applied is None else applied, -1 if unchanged is None else unchanged)
+    done_current = not rebuild and current_mark >= source.version
     pending, _ = bronze.pending_files(storage, source)
     result.files_pending = len(pending)
     if done_history and done_current:
         result.lag_seconds = _lag(history, ctx)
         return result.finish("skipped", "up to date")
-    since = None if None in marks else min(m for m in marks if m is not None)
+    # Files since the older of the two watermarks (all of them when either has never been set, or on a rebuild).
+    watermarks = [None if rebuild else in_history, None if rebuild or current_mark < 0 else current_mark]
+    since = None if None in watermarks else min(m for m in watermarks if m is not None)
     new_files = [f for f in silver.files_since(storage, source, since) if f.rows]
     staging = f"_staging/{ctx.run_id}/cdc/{cdc.name}"
     common = {"storage": storage, "spec": spec, "staging": staging, "run_id": ctx.run_id}
@@ -273,8 +303,12 @@ def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
         info = {"run_id": ctx.run_id, "stage": "cdc", "inputs": result.inputs}
         quarantine.commit(storage, cdc.source, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         event_items = [{"path": f.path, "partition_values": {}} for f in events]
+        marks: dict[str, int] = {}  # watermarks still to record on the history (nothing changed to carry them)
         if not done_history:
-            history = _commit_history(ctx, cdc, spec, history, target, event_items, staging, info, source.version)
+            history, changed = _commit_history(ctx, cdc, spec, history, target, event_items, staging, info,
+                                               source.version, seed=rebuild or not history.exists)
+            if not changed:
+                marks[app] = source.version
         if not done_current:
             item = {"events": event_items, "history": [f.item() for f in history.files]}
             kwargs = {**common, "history_rel": history.ref.rel, "target_schema": target.schema}
@@ -287,14 +321,19 @@ def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
             result.rows_written = merged.counts["inserted"] + merged.counts["updated"]
             result.rows_duplicate = merged.counts["unchanged"]
             current_version = merged.version
-            if merged.version == target.version and merged.version is not None:
-                # nothing changed in the current state: record the watermark all the same
-                table.commit(storage, table.snapshot(storage, target.ref), schema=target.schema, adds=[],
-                             app_transactions={app: source.version}, metadata=info)
-                current_version = table.snapshot(storage, target.ref).version
+            if merged.version == target.version and applied == -1:
+                # after a rewrite by the snapshot stage the table must carry the watermark again, change or not
+                current_version = table.commit(storage, table.snapshot(storage, target.ref), schema=target.schema,
+                                               adds=[], app_transactions={app: source.version}, metadata=info)
+            elif merged.version == target.version:
+                # the current state is as it was: recorded on the history, not as a new version of the table
+                marks[current_app_id(cdc.name)] = source.version
             counts = merged.counts
             result.message = (f"{cdc.name} at version {current_version}: {counts['inserted']} inserted, "
                               f"{counts['updated']} updated, {counts['deleted']} deleted")
+        if marks:
+            table.commit(storage, table.snapshot(storage, history.ref), schema=history_schema(spec), adds=[],
+                         app_transactions=marks, metadata=info)
         history = table.snapshot(storage, history.ref)
         result.version = history.version
         result.lag_seconds = _lag(history, ctx)
@@ -313,12 +352,13 @@ def _lag(history: table.Snapshot, ctx: RunContext) -> float:
 
 def _commit_history(
     ctx: RunContext, cdc: CdcSpec, spec: SilverSpec, history: table.Snapshot, target: table.Snapshot,
-    events: list[dict[str, Any]], staging: str, info: dict[str, Any], version: int,
-) -> table.Snapshot:
-    """Rebuild the chains of the keys the events touch, in one commit; the first time (or on a full refresh) the
-    current table's rows are the first version of every key."""
+    events: list[dict[str, Any]], staging: str, info: dict[str, Any], version: int, *, seed: bool,
+) -> tuple[table.Snapshot, bool]:
+    """Rebuild the chains of the keys the events touch, in one commit; with ``seed`` (the first time, or after the
+    snapshot stage rewrote the table) the table's rows are the first version of every key and every event is
+    applied again. Returns the history and whether it changed (no commit when it did not: the caller records the
+    watermark)."""
     storage = ctx.storage
-    seed = not history.exists or ctx.full_refresh
     item = {"events": events, "history": [] if seed else [f.item() for f in history.files],
             "seed": [f.item() for f in target.files] if seed else []}
     kwargs = {"storage": storage, "spec": spec, "history_rel": silver.ref(cdc.history).rel, "staging": staging,
@@ -327,9 +367,11 @@ def _commit_history(
     removed = {m["path"] for m in out if m["kind"] == "remove"}
     adds = [DataFile.from_json(m["file"]) for m in out if m["kind"] == "add"]
     removes = list(history.files) if seed else [f for f in history.files if f.path in removed]
+    if not adds and not removes and history.exists:
+        return history, False  # every touched chain is as it was (redelivered or already applied events)
     table.commit(storage, history, schema=history_schema(spec), adds=adds, removes=removes,
                  app_transactions={app_id(cdc.name): version}, metadata=info)
-    return table.snapshot(storage, history.ref)
+    return table.snapshot(storage, history.ref), True
 
 
 # --- worker side -------------------------------------------------------------------------------------------------
@@ -340,9 +382,6 @@ def _parse_file(
 ) -> pa.Table:
     raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height}]
-    for needed in ("op", "before", "after", "source"):
-        if needed not in raw.columns:
-            raw = raw.with_columns(pl.lit(None, pl.String).alias(needed))
     events, rejected = parse_events(raw, spec.model, spec.keys)
     if rejected.height:
         lines = raw.with_row_index(ROW_ID).join(rejected, on=ROW_ID)
@@ -379,10 +418,10 @@ def _rebuild_history(
     if item["seed"]:
         rows = read_files(storage, silver.ref(spec.name).rel, item["seed"]).select(columns)
         existing = rows.with_columns(
-            pl.col("_ingested_at").alias("valid_from"), pl.lit(None, TIMESTAMP).alias("valid_to"),
+            # valid since before the events began: the snapshot's own time is unknown (not when we ingested it)
+            pl.lit(None, TIMESTAMP).alias("valid_from"), pl.lit(None, TIMESTAMP).alias("valid_to"),
             pl.lit(True).alias("is_current"), pl.lit(False).alias("is_deleted"),
             pl.lit(SNAPSHOT_LSN, pl.Int64).alias("_lsn"), pl.lit(None, pl.Int64).alias("_end_lsn"),
-            # a snapshot row has no commit time of its own (valid_from is when it was ingested): no lag from it
             pl.lit(None, pl.String).alias("_end_op"), pl.lit(None, pl.Int64).alias("_ts_ms"),
             pl.lit(None, pl.Int64).alias("_end_ts_ms"),
         )
@@ -402,6 +441,9 @@ def _rebuild_history(
             touched_files = []
         else:
             # Rewrite the files that hold a touched key (a key's versions stay in one file), plus the new keys.
+            before = existing.join(touched, on=keys, how="semi").select(schema.names).sort([*keys, "_lsn"])
+            if before.equals(versions.select(schema.names).sort([*keys, "_lsn"])):
+                return pa.Table.from_pylist([], schema=_HISTORY_META)  # every touched chain is as it was
             touched_files = [f["path"] for f, df in zip(item["history"], files, strict=True)
                              if df.join(touched, on=keys, how="semi").height]
             kept = [df.join(touched, on=keys, how="anti") for f, df in zip(item["history"], files, strict=True)

@@ -24,6 +24,7 @@ an order's date); a table whose keys move between partitions is merged by partit
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from lakehouse.storage import Storage
 from lakehouse.table import Snapshot, TableFile
 
 REPORT = pa.schema([("kind", pa.string()), ("path", pa.string()), ("file", pa.string()), ("info", pa.string())])
-COUNTS = ("inserted", "updated", "deleted", "unchanged", "duplicates", "unmatched_deletes")
+COUNTS = ("inserted", "updated", "deleted", "unchanged", "duplicates", "unmatched_deletes", "null_keys")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class MergeResult:
     files_added: int = 0
     partitions: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    adds: list[DataFile] = field(default_factory=list)
+    removes: list[TableFile] = field(default_factory=list)
 
 
 def merge(
@@ -87,6 +90,22 @@ def merge(
     ``schema`` is the target's full schema (partition column included). Returns the committed version, or the target's
     version when nothing changed.
     """
+    result = execute(storage, target, source, source_rel, spec, schema, run_id=run_id, max_rows=max_rows)
+    return commit(storage, target, result, spec, schema, app_transactions=app_transactions, metadata=metadata)
+
+
+def execute(
+    storage: Storage,
+    target: Snapshot,
+    source: list[DataFile],
+    source_rel: str,
+    spec: MergeSpec,
+    schema: pa.Schema,
+    *,
+    run_id: str,
+    max_rows: int,
+) -> MergeResult:
+    """Plan and run the merge on the workers; nothing is committed (the new files are written, unreferenced)."""
     groups = plan(target, source, spec)
     result = MergeResult(version=target.version, partitions=len(groups))
     if not groups:
@@ -95,25 +114,41 @@ def merge(
               "schema": schema, "run_id": run_id, "max_rows": max_rows}
     report = engine.collect(engine.run_tasks(groups, _merge_partition, fn_kwargs=kwargs))
     removed = {r["path"] for r in report if r["kind"] == "remove"}
-    adds = [DataFile.from_json(r["file"]) for r in report if r["kind"] == "add"]
+    result.adds = [DataFile.from_json(r["file"]) for r in report if r["kind"] == "add"]
+    result.removes = [f for f in target.files if f.path in removed]
     result.files_read = sum(r["kind"] == "read" for r in report)
     result.files_rewritten = len(removed)
-    result.files_added = len(adds)
+    result.files_added = len(result.adds)
     for r in report:
         if r["kind"] == "counts":
             for name, n in json.loads(r["info"]).items():
                 result.counts[name] += n
-    if not adds and not removed:
+    return result
+
+
+def commit(
+    storage: Storage,
+    target: Snapshot,
+    result: MergeResult,
+    spec: MergeSpec,
+    schema: pa.Schema,
+    *,
+    app_transactions: Mapping[str, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> MergeResult:
+    """Commit an executed merge in one version against ``target`` (the version it was planned from); nothing when it
+    changed nothing."""
+    if not result.adds and not result.removes:
         return result  # nothing changed: no new version
     result.version = table.commit(
         storage,
         target,
         schema=schema,
-        adds=adds,
-        removes=[f for f in target.files if f.path in removed],
+        adds=result.adds,
+        removes=result.removes,
         partition_by=(spec.partition,) if spec.partition else (),
         app_transactions=app_transactions,
-        metadata=dict(metadata or {}) | {"operation": "merge", "rewritten": len(removed)},
+        metadata=dict(metadata or {}) | {"operation": "merge", "rewritten": len(result.removes)},
     )
     return result
 
@@ -129,8 +164,8 @@ def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec) -> list[dict
     groups = []
     for values, files in sorted(by_partition.items()):
         stats = [json.loads(f.stats) for f in files]
-        lows = [s.get("minValues", {}).get(key) for s in stats]
-        highs = [s.get("maxValues", {}).get(key) for s in stats]
+        lows = [_stat(s.get("minValues", {}).get(key)) for s in stats]
+        highs = [_stat(s.get("maxValues", {}).get(key)) for s in stats]
         low = None if None in lows else min(lows)
         high = None if None in highs else max(highs)
         partition_values = json.loads(values)
@@ -140,7 +175,7 @@ def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec) -> list[dict
             "partition_values": partition_values,
             "source": [{"path": f.path, "partition_values": f.partition_values} for f in files],
             # with each file's key range: the task reads a file only if one of its source keys falls in it
-            "targets": [f.item() | {"low": f.mins.get(key), "high": f.maxs.get(key)} for f in affected],
+            "targets": [f.item() | {"low": _stat(f.mins.get(key)), "high": _stat(f.maxs.get(key))} for f in affected],
         })
     return groups
 
@@ -149,9 +184,15 @@ def _same_partition(f: TableFile, values: dict[str, str | None], spec: MergeSpec
     return spec.partition is None or f.partition_values.get(spec.partition) == values.get(spec.partition)
 
 
+def _stat(value: Any) -> Any:
+    """A statistic in one comparable form: dates and times as ISO text (the log gives them typed, staged files as
+    JSON text), numbers and text as they are."""
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
 def _overlaps(f: TableFile, key: str, low: Any, high: Any) -> bool:
     """Can file ``f`` hold a key in [low, high]? Unknown statistics mean it can."""
-    f_low, f_high = f.mins.get(key), f.maxs.get(key)
+    f_low, f_high = _stat(f.mins.get(key)), _stat(f.maxs.get(key))
     if None in (low, high, f_low, f_high):
         return True
     return bool(f_low <= high and low <= f_high)
@@ -179,6 +220,9 @@ def _merge_partition(
     ]
     counts = dict.fromkeys(COUNTS, 0)
     src = read_files(storage, source_rel, item["source"]).with_row_index("__seq")
+    null_key = pl.any_horizontal(pl.col(k).is_null() for k in keys)
+    counts["null_keys"] = src.filter(null_key).height  # a row without its key matches nothing: dropped, counted
+    src = src.filter(~null_key)
     latest = src.sort([*spec.order_by, "__seq"], maintain_order=True).unique(subset=keys, keep="last")
     counts["duplicates"] = src.height - latest.height
     deleting = pl.col(spec.delete_column).fill_null(False) if spec.delete_column else pl.lit(False)
@@ -190,7 +234,7 @@ def _merge_partition(
     first = latest.get_column(keys[0])
     for f in item["targets"]:
         if f["low"] is not None and f["high"] is not None:
-            low, high = (pl.Series([v]).cast(first.dtype)[0] for v in (f["low"], f["high"]))
+            low, high = (_typed(v, first.dtype) for v in (f["low"], f["high"]))
             if not first.is_between(low, high).any():
                 continue  # no source key in this file's range: not read
         out.append({"kind": "read", "path": f["path"]})
@@ -202,7 +246,7 @@ def _merge_partition(
         deleted = hits.filter(pl.col("__delete")).select(keys)
         candidates = upserts.join(hits.filter(~pl.col("__delete")).select(keys), on=keys, how="semi")
         before = rows.join(candidates.select(keys), on=keys, how="semi")
-        changed = _changed(candidates, before, keys, compare)
+        changed = _changed(candidates, before, keys, compare, list(spec.order_by))
         counts["deleted"] += deleted.height
         counts["updated"] += changed.height
         counts["unchanged"] += candidates.height - changed.height
@@ -226,13 +270,32 @@ def _merge_partition(
     return pa.Table.from_pylist(out, schema=REPORT)
 
 
-def _changed(candidates: pl.DataFrame, before: pl.DataFrame, keys: list[str], compare: list[str]) -> pl.DataFrame:
-    """The source rows among ``candidates`` whose compared values differ from the target's (nulls compare equal)."""
+def _typed(value: Any, dtype: pl.DataType) -> Any:
+    """A statistic (JSON value, dates as ISO text) as a value of the key column's type."""
+    if dtype == pl.Date and isinstance(value, str):
+        return dt.date.fromisoformat(value[:10])
+    if dtype == pl.Datetime and isinstance(value, str):
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return pl.Series([value]).cast(dtype)[0]
+
+
+def _changed(
+    candidates: pl.DataFrame, before: pl.DataFrame, keys: list[str], compare: list[str], order_by: list[str]
+) -> pl.DataFrame:
+    """The source rows among ``candidates`` whose compared values differ from the target's (nulls compare equal) and
+    that are not older than it by ``order_by`` (the latest row wins, the target's included)."""
     if not compare:
         return candidates.clear()
-    joined = candidates.join(before.select(*keys, *compare), on=keys, how="inner", suffix="__old")
+    ordered = [c for c in order_by if c in before.columns and c in candidates.columns]
+    old = list(dict.fromkeys([*compare, *ordered]))
+    joined = candidates.join(before.select(*keys, *old), on=keys, how="inner", suffix="__old")
     differs = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in compare)
-    return candidates.join(joined.filter(differs).select(keys), on=keys, how="semi")
+    # lexicographic "source >= target" over order_by (a null orders first)
+    newer = pl.lit(True)
+    for c in reversed(ordered):
+        source, target = pl.col(c), pl.col(f"{c}__old")
+        newer = (source.is_not_null() & (target.is_null() | (source > target))) | (source.eq_missing(target) & newer)
+    return candidates.join(joined.filter(differs & newer).select(keys), on=keys, how="semi")
 
 
 def _written(

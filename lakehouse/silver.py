@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from lakehouse import bronze, checks, engine, quarantine, table
+from lakehouse import bronze, checks, engine, merge, quarantine, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import QualityGateFailed, SchemaMismatch
 from lakehouse.files import DataFile, partition_value, read_data_file
@@ -104,9 +104,12 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         kwargs = {**common, "staging": staging, "months": months, "cutoff": cutoff}
         staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs=kwargs))
         rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
-        merged, replaced, result.partitions = _merge_staged(
-            ctx, spec, base, staged, staging, common, measures=measures, rebuild=rebuild
-        )
+        if spec.write_mode == "merge" and not rebuild:
+            merged, replaced, result.partitions = _merge_on_keys(ctx, spec, base, staged, staging, extra)
+        else:
+            merged, replaced, result.partitions = _merge_staged(
+                ctx, spec, base, staged, staging, common, measures=measures, rebuild=rebuild
+            )
         result.files_in = len(new_files)
         new_in = sum(m["n"] for m in merged)
         result.rows_written = sum(m["kept"] for m in merged)
@@ -122,6 +125,9 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         quarantine.commit(storage, spec.name, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         if months:
             info["backfill"] = list(months)
+        if spec.write_mode == "merge" and not rebuild and not adds and not replaced:
+            # Compare values, don't rewrite: no new version. The watermark stays, so these files are checked again.
+            return result.finish("skipped", "the batch changes nothing: no new version")
         base = _with_columns(storage, base, extra)
         result.version = table.commit(
             storage,
@@ -131,7 +137,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
             removes=replaced,
             partition_by=(spec.partition.column,) if spec.partition else (),
             # A backfill leaves the watermark alone: it rebuilt some months, not everything up to a bronze version.
-            app_transactions=None if months else {app_id(spec.name): source.version},
+            app_transactions=None if months else {app_id(spec.name): source.version, **_cdc_reset(storage, spec)},
             metadata=info,
         )
     finally:
@@ -142,6 +148,27 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         released = quarantine.release_late(storage, spec.name, months, run_id=ctx.run_id)
         note = f"took in {released} late rows held in quarantine" if released else ""
     return result.finish("committed", note)
+
+
+def _merge_on_keys(
+    ctx: RunContext, spec: SilverSpec, base: table.Snapshot, staged: list[dict[str, Any]], staging: str,
+    extra: tuple[str, ...],
+) -> tuple[list[dict[str, Any]], list[TableFile], int]:
+    """Write mode ``merge``: the batch merged into the files its keys are in (``lakehouse.merge``), uncommitted.
+    Reports like :func:`_merge_staged` (a rewritten file's report carries its new rows as ``n``, no drift profile)."""
+    spec_m = merge.MergeSpec(keys=spec.keys, order_by=(*spec.order_by, *LINEAGE),
+                             partition=spec.partition.column if spec.partition else None)
+    files = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "staged"]
+    done = merge.execute(ctx.storage, base, files, staging, spec_m, arrow_schema(spec, extra), run_id=ctx.run_id,
+                         max_rows=ctx.settings.target_file_rows)
+    counts = done.counts
+    reports: list[dict[str, Any]] = [{"kind": "merged", "file": f.to_json(), "n": 0, "kept": 0, "info": None}
+                                     for f in done.adds]
+    # n: the batch's rows, kept: those that changed the table (the rest were duplicates or no change)
+    batch = sum(f.rows for f in files)
+    reports.append({"kind": "merged", "file": "", "n": batch, "kept": counts["inserted"] + counts["updated"],
+                    "info": None})
+    return reports, done.removes, done.partitions
 
 
 def _merge_staged(
@@ -290,6 +317,18 @@ def _replay_finished(storage: Storage, name: str, version: int) -> bool:
     """Has a quarantine commit finished the replay of quarantine version ``version``?"""
     return any(c.get("stage") == "replay" and c.get("replay_of") == str(version)
                for c in table.commits_since(storage, quarantine.ref(name), version))
+
+
+def cdc_app_id(name: str) -> str:
+    """The app transaction of change events applied to ``silver.<name>`` (see ``lakehouse.cdc``)."""
+    return f"lakehouse/cdc.{name}"
+
+
+def _cdc_reset(storage: Storage, spec: SilverSpec) -> dict[str, int]:
+    """A table that change events were applied to loses them when this stage rewrites it from its snapshot: reset
+    their watermark (-1) in the same commit, so the next change stage applies every event again."""
+    applied = table.txn_version(storage, ref(spec.name), cdc_app_id(spec.name))
+    return {cdc_app_id(spec.name): -1} if applied is not None else {}
 
 
 def _gate_checks(

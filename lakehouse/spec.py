@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from lakehouse.context import RunContext, StageResult
@@ -31,6 +31,11 @@ class SilverSpec:
     model: Any
     keys: tuple[str, ...]
     partition: MonthPartition | None = None
+    # "overwrite": a batch rewrites the partitions it touches (keys may move between them). "merge": a batch is merged
+    # on the keys, rewriting only the files whose rows change (keys must stay in their partition); ``order_by``
+    # columns decide which row of a key is the latest (then the landing order), in the batch and against the table.
+    write_mode: Literal["overwrite", "merge"] = "overwrite"
+    order_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

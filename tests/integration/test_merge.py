@@ -141,7 +141,7 @@ def test_only_affected_files_are_read_and_only_changed_ones_rewritten(
     # then month 2 (keys 2, 5, ...) is not read; of months 0 and 1 only the files whose key range holds 3 or 4 are
     # read (1000 is beyond every range); only the file with key 3 is rewritten; key 1000 goes to a new file
     assert result.counts == {"inserted": 1, "updated": 1, "deleted": 0, "unchanged": 1, "duplicates": 0,
-                             "unmatched_deletes": 0}
+                             "unmatched_deletes": 0, "null_keys": 0}
     assert result.partitions == 2 and result.files_read == 2 and result.files_rewritten == 1
     assert result.files_added == 2
     files_after = {f.path for f in table.snapshot(storage, REF).files}
@@ -162,3 +162,31 @@ def test_a_commit_made_meanwhile_is_refused_not_overwritten(ray_session: None, t
     with pytest.raises(CommitConflict):
         merge(storage, planned, files, rel, SPEC, SCHEMA, run_id="late", max_rows=1_000_000)
     assert read_target(tmp_path).filter(pl.col("k").is_in([3, 4])).rows() == [(3, 1.0, "a"), (4, 7.0, "b")]
+
+
+def test_date_keys_prune_by_statistics_and_null_keys_are_counted_not_inserted(
+    ray_session: None, tmp_path: Path
+) -> None:
+    # given an unpartitioned table keyed by a date, in two files (January, February)
+    storage = Storage(str(tmp_path))
+    ref = TableRef("silver", "daily")
+    schema = pa.schema([("day", pa.date32()), ("v", pa.float64())])
+    days = pl.DataFrame({"day": [dt.date(2026, 1, d) for d in range(1, 29)] + [dt.date(2026, 2, d) for d in
+                                                                               range(1, 29)],
+                         "v": [1.0] * 56})
+    adds = [f for part in (days.head(28), days.tail(28))
+            for f in write_frame(storage, ref.rel, part, schema, prefix="seed", max_rows=100)]
+    table.commit(storage, table.snapshot(storage, ref), schema=schema, adds=adds)
+    source = pl.DataFrame({"day": [dt.date(2026, 2, 3), None, dt.date(2026, 3, 1)], "v": [9.0, 5.0, 7.0]},
+                          schema={"day": pl.Date, "v": pl.Float64})
+    staged = write_frame(storage, "_staging/daily", source, schema, prefix="staged", max_rows=100)
+
+    result = merge(storage, table.snapshot(storage, ref), staged, "_staging/daily", MergeSpec(keys=("day",)), schema,
+                   run_id="d", max_rows=100)
+
+    # then only February's file is read and rewritten (with the insert), and the row without a key is counted
+    assert (result.files_read, result.files_rewritten) == (1, 1)
+    assert (result.counts["updated"], result.counts["inserted"], result.counts["null_keys"]) == (1, 1, 1)
+    merged = pl.read_delta(str(tmp_path / "silver/daily")).sort("day")
+    assert merged.height == 57 and merged.get_column("day").null_count() == 0
+    assert merged.filter(pl.col("v") != 1.0).rows() == [(dt.date(2026, 2, 3), 9.0), (dt.date(2026, 3, 1), 7.0)]

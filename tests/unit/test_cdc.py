@@ -92,7 +92,7 @@ def events_frame(events: list[Event]) -> pl.DataFrame:
 
 def seed_history(snapshot: dict[int, float]) -> pl.DataFrame:
     return pl.DataFrame(
-        {"c_custkey": list(snapshot), "c_acctbal": list(snapshot.values()), "valid_from": [T0] * len(snapshot),
+        {"c_custkey": list(snapshot), "c_acctbal": list(snapshot.values()), "valid_from": [None] * len(snapshot),
          "valid_to": [None] * len(snapshot), "is_current": [True] * len(snapshot),
          "is_deleted": [False] * len(snapshot),
          "_lsn": [SNAPSHOT_LSN] * len(snapshot), "_end_lsn": [None] * len(snapshot),
@@ -140,7 +140,10 @@ def test_property_chains_in_any_batches_and_order_equal_sequential_application(
     # validity: each version ends where the next event of its key begins; exactly the last open one is current
     for _, group in versions.sort("c_custkey", "_lsn").group_by("c_custkey", maintain_order=True):
         rows = group.to_dicts()
+        for r in rows:
+            assert r["valid_from"] is None or r["valid_to"] is None or r["valid_from"] <= r["valid_to"]
         for a, b in itertools.pairwise(rows):
-            assert a["valid_to"] is not None and a["valid_to"] <= b["valid_from"] and not a["is_current"]
+            assert a["valid_to"] is not None and not a["is_current"]
+            assert a["valid_from"] is None or a["valid_to"] <= b["valid_from"]
         assert sum(r["is_current"] for r in rows) <= 1
         assert rows[-1]["is_current"] == (rows[-1]["_end_lsn"] is None)
