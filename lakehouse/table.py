@@ -197,6 +197,56 @@ def commit(
     return latest.version()
 
 
+def merge_rows(
+    storage: Storage,
+    base: Snapshot,
+    rows: pa.Table,
+    *,
+    keys: tuple[str, ...],
+    compare: list[str],
+    newer: list[str],
+    delete_column: str | None,
+    app_transactions: Mapping[str, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, int]:
+    """delta-rs MERGE of ``rows`` (one per key) into the table at ``base``'s version, in this process, committed with
+    no retries (a concurrent commit raises :class:`CommitConflict`). A matched row is deleted when ``delete_column``
+    is true, updated when a ``compare`` column differs and its ``newer`` columns are not older; a new key is inserted
+    unless it is a delete. Returns delta-rs' counts. Used for small targets (see ``lakehouse.merge``)."""
+    ref = base.ref
+    dt = _open(storage, ref, base.version)
+    if dt is None:
+        raise TableError("table does not exist", table=str(ref))
+    faults.point(f"{ref}:before_commit")
+    props = CommitProperties(
+        custom_metadata={f"{META_PREFIX}{k}": _meta_value(v) for k, v in (metadata or {}).items()},
+        max_commit_retries=0,
+        app_transactions=[Transaction(app, int(v)) for app, v in (app_transactions or {}).items()],
+    )
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    differs = " OR ".join(f"(t.`{c}` IS DISTINCT FROM s.`{c}`)" for c in compare) or "FALSE"
+    order = "TRUE"
+    for c in reversed(newer):  # lexicographic: s >= t over the newer columns, a null ordering first
+        order = (f"((s.`{c}` IS NOT NULL AND (t.`{c}` IS NULL OR s.`{c}` > t.`{c}`)) OR "
+                 f"(s.`{c}` IS NOT DISTINCT FROM t.`{c}` AND {order}))")
+    keep = f"(s.`{delete_column}` IS NOT TRUE)" if delete_column else "TRUE"
+    builder = dt.merge(rows, predicate=on, source_alias="s", target_alias="t", commit_properties=props)
+    if delete_column:
+        builder = builder.when_matched_delete(predicate=f"s.`{delete_column}` IS TRUE")
+    builder = builder.when_matched_update(
+        updates={f"`{c}`": f"s.`{c}`" for c in rows.column_names if c != delete_column},
+        predicate=f"{keep} AND ({differs}) AND {order}",
+    ).when_not_matched_insert(
+        updates={f"`{c}`": f"s.`{c}`" for c in rows.column_names if c != delete_column}, predicate=keep
+    )
+    try:
+        metrics = builder.execute()
+    except CommitFailedError as e:
+        raise CommitConflict(f"concurrent commit after version {base.version}: {e}", table=str(ref)) from e
+    faults.point(f"{ref}:after_commit")
+    return {k: int(v) for k, v in metrics.items() if isinstance(v, int)}
+
+
 def commits_since(storage: Storage, ref: TableRef, version: int) -> list[dict[str, str]]:
     """The ``metadata`` our commits after ``version`` carried (keys without the ``lakehouse.`` prefix), newest first."""
     dt = _open(storage, ref)

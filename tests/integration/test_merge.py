@@ -19,7 +19,7 @@ from lakehouse import table
 from lakehouse.errors import CommitConflict
 from lakehouse.files import DataFile
 from lakehouse.frames import without, write_frame
-from lakehouse.merge import MergeResult, MergeSpec, merge
+from lakehouse.merge import MergeResult, MergeSpec, commit, execute, merge, small
 from lakehouse.storage import Storage
 from lakehouse.table import TableRef
 
@@ -181,8 +181,10 @@ def test_date_keys_prune_by_statistics_and_null_keys_are_counted_not_inserted(
                           schema={"day": pl.Date, "v": pl.Float64})
     staged = write_frame(storage, "_staging/daily", source, schema, prefix="staged", max_rows=100)
 
-    result = merge(storage, table.snapshot(storage, ref), staged, "_staging/daily", MergeSpec(keys=("day",)), schema,
-                   run_id="d", max_rows=100)
+    # (the distributed path: an unpartitioned table this small would go to delta-rs)
+    target, spec = table.snapshot(storage, ref), MergeSpec(keys=("day",))
+    result = execute(storage, target, staged, "_staging/daily", spec, schema, run_id="d", max_rows=100)
+    commit(storage, target, result, spec, schema)
 
     # then only February's file is read and rewritten (with the insert), and the row without a key is counted
     assert (result.files_read, result.files_rewritten) == (1, 1)
@@ -190,3 +192,37 @@ def test_date_keys_prune_by_statistics_and_null_keys_are_counted_not_inserted(
     merged = pl.read_delta(str(tmp_path / "silver/daily")).sort("day")
     assert merged.height == 57 and merged.get_column("day").null_count() == 0
     assert merged.filter(pl.col("v") != 1.0).rows() == [(dt.date(2026, 2, 3), 9.0), (dt.date(2026, 3, 1), 7.0)]
+
+
+FLAT = pa.schema([("k", pa.int64()), ("v", pa.float64()), ("s", pa.string()), ("_lineage", pa.string())])
+FLAT_SPEC = MergeSpec(keys=("k",), order_by=("seq",), delete_column="del")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(target_keys=st.sets(st.integers(0, 19), min_size=1, max_size=20), rows=st.lists(row, min_size=1, max_size=25))
+def test_property_a_small_unpartitioned_target_merged_by_delta_rs_equals_the_oracle(
+    ray_session: None, tmp_path_factory: pytest.TempPathFactory, target_keys: set[int],
+    rows: list[tuple[int, float, str | None, int, bool]],
+) -> None:
+    # an unpartitioned target this small takes the delta-rs path, in one worker task
+    root = tmp_path_factory.mktemp("small")
+    storage = Storage(str(root))
+    seed = write_frame(storage, REF.rel, target_rows(sorted(target_keys)), FLAT, prefix="seed", max_rows=1000)
+    table.commit(storage, table.snapshot(storage, REF), schema=FLAT, adds=seed)
+    assert small(table.snapshot(storage, REF), FLAT_SPEC)
+    before = read_target(root)
+    source = source_rows(rows)
+    rel = f"_staging/small-{next(_ids)}"
+    staged = write_frame(storage, rel, source, SOURCE, prefix="staged", max_rows=1000)
+
+    def once() -> MergeResult:
+        return merge(storage, table.snapshot(storage, REF), staged, rel, FLAT_SPEC, FLAT, run_id="s", max_rows=1000)
+
+    result = once()
+
+    assert read_target(root).equals(oracle(before, source))
+    assert result.counts["duplicates"] == len(rows) - source.get_column("k").n_unique()
+    version = table.snapshot(storage, REF).version
+    again = once()  # the same source again: a true no-op, no new version
+    assert again.version == version and table.snapshot(storage, REF).version == version

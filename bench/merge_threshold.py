@@ -1,0 +1,77 @@
+"""Where delta-rs ``DeltaTable.merge`` (one process) beats the distributed merge: small unpartitioned targets.
+
+    python bench/merge_threshold.py [--sizes 10000,100000,1000000,3000000]
+
+For each target size: a table of customers-like rows in files of at most 1M rows, a source with 1% of the keys
+changed and 0.1% new; both merges on copies, ours with Ray already started and its workers warm (as in a run).
+Prints wall times and the ratio; the threshold is where the ratio crosses 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="10000,100000,1000000,3000000")
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "lakehouse-bench" / "threshold"))
+    args = p.parse_args()
+    import polars as pl
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from lakehouse import engine, table
+    from lakehouse.engine import ray_session
+    from lakehouse.frames import write_frame
+    from lakehouse.merge import MergeSpec, merge
+    from lakehouse.settings import RaySettings
+    from lakehouse.storage import Storage
+    from lakehouse.table import TableRef
+
+    schema = pa.schema([("k", pa.int64()), ("name", pa.string()), ("balance", pa.float64()), ("segment", pa.string())])
+    ref = TableRef("silver", "t")
+    work = Path(args.workdir)
+    with ray_session(RaySettings(num_cpus=2, object_store_bytes=1 << 30)):
+        engine._ensure_ray()
+        for n in (int(x) for x in args.sizes.split(",")):
+            rows = pl.DataFrame({"k": range(n), "name": [f"Customer#{i}" for i in range(n)],
+                                 "balance": [float(i % 1000) for i in range(n)], "segment": ["BUILDING"] * n})
+            changed = rows.sample(fraction=0.01, seed=1).with_columns(pl.col("balance") + 1)
+            new = pl.DataFrame({"k": range(n, n + max(1, n // 1000)), "name": "new", "balance": 1.0,
+                                "segment": "AUTOMOBILE"}).cast(rows.schema)  # type: ignore[arg-type]
+            source = pl.concat([changed, new])
+            times = {}
+            for arm in ("delta-rs", "lakehouse"):
+                root = work / f"{arm}-{n}"
+                shutil.rmtree(root, ignore_errors=True)
+                storage = Storage(str(root))
+                adds = write_frame(storage, ref.rel, rows, schema, prefix="seed", max_rows=1_000_000)
+                table.commit(storage, table.snapshot(storage, ref), schema=schema, adds=adds)
+                if arm == "delta-rs":
+                    start = time.perf_counter()
+                    (DeltaTable(str(root / ref.rel)).merge(source.to_arrow(), predicate="t.k = s.k", source_alias="s",
+                                                          target_alias="t")
+                     .when_matched_update_all(predicate="t.balance <> s.balance OR t.name <> s.name OR "
+                                                        "t.segment <> s.segment")
+                     .when_not_matched_insert_all().execute())
+                else:
+                    staged = write_frame(storage, "_staging/src", source, schema, prefix="staged", max_rows=1_000_000)
+                    start = time.perf_counter()
+                    merge(storage, table.snapshot(storage, ref), staged, "_staging/src", MergeSpec(keys=("k",)), schema,
+                          run_id="b", max_rows=1_000_000)
+                times[arm] = time.perf_counter() - start
+            print(f"target {n:>9} rows  source {source.height:>6}  delta-rs {times['delta-rs']:5.2f} s  "
+                  f"lakehouse {times['lakehouse']:5.2f} s  ratio {times['lakehouse'] / times['delta-rs']:.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
