@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from lakehouse import bronze, engine, merge, quarantine, silver, table
 from lakehouse.context import RunContext, StageResult
+from lakehouse.errors import QualityGateFailed
 from lakehouse.files import DataFile, write_data_file
 from lakehouse.frames import read_files, to_arrow, write_frame
 from lakehouse.spec import CdcSpec, SilverSpec
@@ -80,7 +81,7 @@ def parse_events(raw: pl.DataFrame, model: Any, keys: tuple[str, ...]) -> tuple[
         ids_up = meta_df.filter(upserts).get_column(ROW_ID)
         if split_up.rejected.height:
             found = split_up.rejected.with_columns(ids_up.gather(split_up.rejected.get_column(ROW_ID)).alias(ROW_ID))
-            rejected = pl.concat([rejected, found.select(ROW_ID, "check", "column", "value", "failures")])
+            rejected = pl.concat([rejected, found.select(ROW_ID, "check", "column", "value", "failures", "action")])
         valid_up = _valid_rows(split_up.valid, ids_up, split_up.rejected)
         # Deletes carry only keys: those must parse.
         dtypes = model_dtypes(model)
@@ -164,7 +165,8 @@ def _rejected_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
                                        "value": pl.String})
     return frame.with_columns(
         pl.struct("check", "column", "value").map_elements(lambda s: json.dumps([s]), return_dtype=pl.String)
-        .alias("failures") if frame.height else pl.lit(None, pl.String).alias("failures")
+        .alias("failures") if frame.height else pl.lit(None, pl.String).alias("failures"),
+        pl.lit("quarantine").alias("action"),
     )
 
 
@@ -383,6 +385,15 @@ def _parse_file(
     raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height}]
     events, rejected = parse_events(raw, spec.model, spec.keys)
+    failing = rejected.filter(pl.col("action") == "fail")
+    if failing.height:  # a model rule whose action is fail: the run stops, naming the event
+        first = failing.row(0, named=True)
+        where = raw.row(first[ROW_ID], named=True)
+        raise QualityGateFailed(
+            f"row check {first['check']} failed on column {first['column']} (value {first['value']!r}) at line "
+            f"{where.get('_source_line')}, {failing.height} event(s) in this file; its action is fail",
+            table=str(silver.ref(spec.name)), check=first["check"], column=first["column"],
+            path=where.get("_source_file"), row=where.get("_source_line"))
     if rejected.height:
         lines = raw.with_row_index(ROW_ID).join(rejected, on=ROW_ID)
         envelope = [c for c in raw.columns if not c.startswith("_")]

@@ -147,3 +147,20 @@ def test_property_chains_in_any_batches_and_order_equal_sequential_application(
             assert a["valid_from"] is None or a["valid_to"] <= b["valid_from"]
         assert sum(r["is_current"] for r in rows) <= 1
         assert rows[-1]["is_current"] == (rows[-1]["_end_lsn"] is None)
+
+
+def test_a_model_rule_whose_action_is_fail_marks_the_event_failing() -> None:
+    from typing import ClassVar
+
+    class StrictCustomer(Customer):
+        class Config:
+            metadata: ClassVar[dict[str, Any]] = {"actions": {"c_acctbal.dtype": "fail"}}
+
+    rows = [envelope("c", None, customer(20, 1.0), 200),
+            envelope("c", None, {**customer(21, 1.0), "c_acctbal": "lots"}, 201)]
+    raw = pl.DataFrame(rows, schema={c: pl.String for c in rows[0]})
+
+    events, rejected = parse_events(raw, StrictCustomer, KEYS)
+
+    assert events.get_column("c_custkey").to_list() == [20]
+    assert rejected.select(ROW_ID, "check", "action").rows() == [(1, "dtype('Float64')", "fail")]
