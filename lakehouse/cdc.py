@@ -25,7 +25,6 @@ import pyarrow as pa
 
 from lakehouse import bronze, engine, merge, quarantine, silver, table
 from lakehouse.context import RunContext, StageResult
-from lakehouse.errors import QualityGateFailed
 from lakehouse.files import DataFile, write_data_file
 from lakehouse.frames import read_files, to_arrow, write_frame
 from lakehouse.spec import CdcSpec, SilverSpec
@@ -37,10 +36,6 @@ ENVELOPE = ("op", "before", "after", "source", "ts_ms")
 SNAPSHOT_LSN = -1
 # History columns after the model's: validity, whether current, and the events that opened and closed the version.
 TIMESTAMP = pl.Datetime("us", "UTC")
-HISTORY: dict[str, pl.DataType] = {"valid_from": TIMESTAMP, "valid_to": TIMESTAMP, "is_current": pl.Boolean(),
-                                   "is_deleted": pl.Boolean(),
-                                   "_lsn": pl.Int64(), "_end_lsn": pl.Int64(), "_end_op": pl.String(),
-                                   "_ts_ms": pl.Int64(), "_end_ts_ms": pl.Int64()}
 EVENT = {"_op": pl.String, "_lsn": pl.Int64, "_ts_ms": pl.Int64}
 
 
@@ -387,13 +382,7 @@ def _parse_file(
     events, rejected = parse_events(raw, spec.model, spec.keys)
     failing = rejected.filter(pl.col("action") == "fail")
     if failing.height:  # a model rule whose action is fail: the run stops, naming the event
-        first = failing.row(0, named=True)
-        where = raw.row(first[ROW_ID], named=True)
-        raise QualityGateFailed(
-            f"row check {first['check']} failed on column {first['column']} (value {first['value']!r}) at line "
-            f"{where.get('_source_line')}, {failing.height} event(s) in this file; its action is fail",
-            table=str(silver.ref(spec.name)), check=first["check"], column=first["column"],
-            path=where.get("_source_file"), row=where.get("_source_line"))
+        raise silver.row_failure(str(silver.ref(spec.name)), raw, failing)
     if rejected.height:
         lines = raw.with_row_index(ROW_ID).join(rejected, on=ROW_ID)
         envelope = [c for c in raw.columns if not c.startswith("_")]

@@ -251,17 +251,12 @@ def _merge_partition(
 ) -> pa.Table:
     keys = list(spec.keys)
     file_schema = without(schema, [spec.partition]) if spec.partition else schema
-    data = [n for n in file_schema.names]
+    data = list(file_schema.names)
     compare = list(spec.compare) if spec.compare is not None else [
         c for c in data if not c.startswith("_") and c not in keys
     ]
     counts = dict.fromkeys(COUNTS, 0)
-    src = read_files(storage, source_rel, item["source"]).with_row_index("__seq")
-    null_key = pl.any_horizontal(pl.col(k).is_null() for k in keys)
-    counts["null_keys"] = src.filter(null_key).height  # a row without its key matches nothing: dropped, counted
-    src = src.filter(~null_key)
-    latest = src.sort([*spec.order_by, "__seq"], maintain_order=True).unique(subset=keys, keep="last")
-    counts["duplicates"] = src.height - latest.height
+    latest = _latest_per_key(read_files(storage, source_rel, item["source"]), spec, counts)
     deleting = pl.col(spec.delete_column).fill_null(False) if spec.delete_column else pl.lit(False)
     latest = latest.with_columns(deleting.alias("__delete"))
     upserts = latest.filter(~pl.col("__delete")).select(data)
@@ -312,13 +307,8 @@ def _merge_in_one_task(
     app_transactions: dict[str, int], metadata: dict[str, Any],
 ) -> pa.Table:
     keys = list(spec.keys)
-    src = read_files(storage, source_rel, item["source"]).with_row_index("__seq")
-    null_key = pl.any_horizontal(pl.col(k).is_null() for k in keys)
     counts = dict.fromkeys(COUNTS, 0)
-    counts["null_keys"] = src.filter(null_key).height
-    src = src.filter(~null_key)
-    latest = src.sort([*spec.order_by, "__seq"], maintain_order=True).unique(subset=keys, keep="last")
-    counts["duplicates"] = src.height - latest.height
+    latest = _latest_per_key(read_files(storage, source_rel, item["source"]), spec, counts)
     data = list(schema.names)
     compare = list(spec.compare) if spec.compare is not None else [
         c for c in data if not c.startswith("_") and c not in keys]
@@ -345,6 +335,18 @@ def _typed(value: Any, dtype: pl.DataType) -> Any:
     if dtype == pl.Datetime and isinstance(value, str):
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     return pl.Series([value]).cast(dtype)[0]
+
+
+def _latest_per_key(src: pl.DataFrame, spec: MergeSpec, counts: dict[str, int]) -> pl.DataFrame:
+    """One source row per key: the last by ``order_by``, then arrival. Rows without their key match nothing: dropped.
+    Both are counted in ``counts`` (``null_keys``, ``duplicates``)."""
+    src = src.with_row_index("__seq")
+    null_key = pl.any_horizontal(pl.col(k).is_null() for k in spec.keys)
+    counts["null_keys"] = src.filter(null_key).height
+    src = src.filter(~null_key)
+    latest = src.sort([*spec.order_by, "__seq"], maintain_order=True).unique(subset=list(spec.keys), keep="last")
+    counts["duplicates"] = src.height - latest.height
+    return latest
 
 
 def _changed(

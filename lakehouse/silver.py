@@ -36,7 +36,7 @@ from lakehouse.frames import POLARS_TO_ARROW, read_files, to_frame, without, wri
 from lakehouse.spec import SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
-from lakehouse.validation import ROW_ID, RowCheck, Split, model_dtypes, model_metadata, split_valid
+from lakehouse.validation import ROW_ID, RowCheck, model_dtypes, model_metadata, split_valid
 
 LINEAGE = ("_source_file", "_source_line", "_ingested_at")
 # What a worker task reports: a file it wrote (kind, DataFile JSON, rows) or a finding (kind, JSON in info).
@@ -594,7 +594,7 @@ def _validate_file(
         )
     split = split_valid(raw, spec.model, _late_check(spec, cutoff, months))
     if split.failing.height:
-        raise _row_failure(spec, raw, split)
+        raise row_failure(str(ref(spec.name)), raw, split.failing)
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
     out += _summaries(raw, split.warned, "warn") + _summaries(raw, split.rejected, "reasons")
     if split.rejected.height:
@@ -671,7 +671,7 @@ def _replay_file(
     raw = raw.join(retry.select(lineage).unique(), on=lineage, how="semi").sort("_source_line")
     split = split_valid(raw, spec.model, _late_check(spec, cutoff, None))
     if split.failing.height:
-        raise _row_failure(spec, raw, split)
+        raise row_failure(str(ref(spec.name)), raw, split.failing)
     fresh = _rejected_records(raw, split.rejected, run_id) if split.rejected.height else None
     before = retry.select(*lineage, "check").sort(lineage)
     after = to_frame(fresh).select(*lineage, "check").sort(lineage) if fresh is not None else before.clear()
@@ -704,16 +704,15 @@ def _late_check(spec: SilverSpec, cutoff: str | None, months: tuple[str, str] | 
     return (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
 
 
-def _row_failure(spec: SilverSpec, raw: pl.DataFrame, split: Split) -> QualityGateFailed:
-    """A row rule whose action is ``fail`` failed: the error names the check, column, value, file and line."""
-    failing = split.failing
+def row_failure(table_name: str, raw: pl.DataFrame, failing: pl.DataFrame) -> QualityGateFailed:
+    """Rows of ``raw`` failed a row rule whose action is ``fail`` (``failing``: ``ROW_ID``, check, column, value): the
+    error names the check, column, landed value, file and line, and carries the failed check for ``_meta.checks``."""
     first = failing.row(0, named=True)
     where = raw.row(first[ROW_ID], named=True)
     line, path = where.get("_source_line"), where.get("_source_file")
     value = where.get(first["column"], first["value"])  # as landed: a rule sees "-5.0" for a landed "-5.00"
     message = (f"row check {first['check']} failed on column {first['column']} (value {value!r}) at line {line}, "
                f"{failing.height} row(s) in this file; its action is fail")
-    table_name = str(ref(spec.name))
     check = checks.CheckResult(table_name, f"{first['check']} on {first['column']}", float(failing.height), 0.0,
                                "fail", False, f"{message} ({path})")
     return QualityGateFailed(message, table=table_name, check=first["check"], column=first["column"], path=path,
