@@ -1,5 +1,5 @@
-"""MERGE (upsert and delete) on declared keys, distributed: planned from the Delta log, executed on Ray workers one
-task per touched partition, committed once.
+"""MERGE (upsert and delete) on declared keys, distributed: planned from the Delta log, executed on Ray workers (a
+task per touched partition, or per key range of a large one), committed once.
 
 Plan (driver, from the log only). The source is a set of files staged by workers, typed and laid out like the target
 (the partition column is in the file's partition values, not in its rows), with an optional boolean delete column and
@@ -7,11 +7,18 @@ the spec's ordering columns. A target file is a *candidate* when it lies in a pa
 range of its first key column (min/max statistics) overlaps that of the partition's source files; the partition's task
 then reads only the candidates whose range holds one of its source keys. No other file is read.
 
-Execute (workers, one task per touched partition). The partition's source rows are reduced to one per key: the last by
+Tasks. A touched partition is one task, unless its candidates hold more than ``group_rows`` rows: then they are split
+by key range. Candidates whose first-key ranges overlap stay together (so a key is found in one task), and these
+groups are packed in key order into tasks of about ``group_rows`` rows. Task *i* owns the keys from its first file's
+low key up to the next task's: source keys in no file's range (inserts) go to the task whose range holds them. A task
+reads its files one at a time, so its memory is its share of the source and about two target files, however large
+the partition.
+
+Execute (workers). The task's source rows are reduced to one per key: the last by
 ``order_by`` (the duplicates are counted). Each affected file is read; a matched key is deleted (delete column true) or
 updated when one of its compared values differs. A file with no such change is left as it is: not rewritten, and a
 merge whose source changes nothing commits nothing, so a rerun makes no new version. Source rows whose key no file of
-the partition holds are inserted into that partition, in the last rewritten file when there is one (no extra small
+the task holds are inserted into the partition, in the last rewritten file when there is one (no extra small
 file), else in a new one; a delete of an unknown key is counted and dropped.
 
 Commit (driver): one transaction that removes the rewritten files and adds their replacements and the inserts, with the
@@ -67,6 +74,7 @@ class MergeResult:
     files_rewritten: int = 0
     files_added: int = 0
     partitions: int = 0
+    tasks: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     adds: list[DataFile] = field(default_factory=list)
     removes: list[TableFile] = field(default_factory=list)
@@ -84,6 +92,7 @@ def merge(
     max_rows: int,
     app_transactions: Mapping[str, int] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    group_rows: int | None = None,
 ) -> MergeResult:
     """Merge the staged ``source`` files (under ``source_rel``) into ``target`` in one commit; see the module doc.
 
@@ -92,7 +101,8 @@ def merge(
     """
     if small(target, spec):
         return _merge_small(storage, target, source, source_rel, spec, schema, app_transactions, metadata)
-    result = execute(storage, target, source, source_rel, spec, schema, run_id=run_id, max_rows=max_rows)
+    result = execute(storage, target, source, source_rel, spec, schema, run_id=run_id, max_rows=max_rows,
+                     group_rows=group_rows)
     return commit(storage, target, result, spec, schema, app_transactions=app_transactions, metadata=metadata)
 
 
@@ -112,7 +122,7 @@ def _merge_small(
     app_transactions: Mapping[str, int] | None, metadata: Mapping[str, Any] | None,
 ) -> MergeResult:
     """delta-rs MERGE in one worker task, which also commits it (same app transaction, no retries)."""
-    result = MergeResult(version=target.version, partitions=1)
+    result = MergeResult(version=target.version, partitions=1, tasks=1)
     items = [{"path": f.path, "partition_values": f.partition_values} for f in source if f.rows]
     if not items:
         return result
@@ -141,10 +151,12 @@ def execute(
     *,
     run_id: str,
     max_rows: int,
+    group_rows: int | None = None,
 ) -> MergeResult:
     """Plan and run the merge on the workers; nothing is committed (the new files are written, unreferenced)."""
-    groups = plan(target, source, spec)
-    result = MergeResult(version=target.version, partitions=len(groups))
+    groups = plan(target, source, spec, group_rows=GROUP_ROWS if group_rows is None else group_rows)
+    partitions = {json.dumps(g["partition_values"], sort_keys=True) for g in groups}
+    result = MergeResult(version=target.version, partitions=len(partitions), tasks=len(groups))
     if not groups:
         return result
     kwargs = {"storage": storage, "target_rel": target.ref.rel, "source_rel": source_rel, "spec": spec,
@@ -190,9 +202,16 @@ def commit(
     return result
 
 
-def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec) -> list[dict[str, Any]]:
-    """One task item per partition the source touches: its source files and the target files it may affect (same
-    partition, overlapping first-key range), from the log and the staged files' statistics alone."""
+# A partition whose candidate files hold more rows than this is split into tasks by key range (see the module doc):
+# about four of a run's 1M-row files, so a large unpartitioned table is merged by several workers.
+GROUP_ROWS = 4_000_000
+
+
+def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec, *, group_rows: int = GROUP_ROWS
+         ) -> list[dict[str, Any]]:
+    """Task items: per partition the source touches, its source files and the target files it may affect (same
+    partition, overlapping first-key range), from the log and the staged files' statistics alone; a partition whose
+    candidates hold more than ``group_rows`` rows gives one item per key range (``key_from``, ``key_to``)."""
     key = spec.keys[0]
     by_partition: dict[str, list[DataFile]] = {}
     for f in source:
@@ -208,13 +227,39 @@ def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec) -> list[dict
         partition_values = json.loads(values)
         in_partition = [f for f in target.files if _same_partition(f, partition_values, spec)]
         affected = [f for f in in_partition if _overlaps(f, key, low, high)]
-        groups.append({
-            "partition_values": partition_values,
-            "source": [{"path": f.path, "partition_values": f.partition_values} for f in files],
-            # with each file's key range: the task reads a file only if one of its source keys falls in it
-            "targets": [f.item() | {"low": _stat(f.mins.get(key)), "high": _stat(f.maxs.get(key))} for f in affected],
-        })
+        for key_from, key_to, part in _key_ranges(affected, key, group_rows):
+            groups.append({
+                "partition_values": partition_values,
+                "source": [{"path": f.path, "partition_values": f.partition_values} for f in files],
+                "key_from": key_from,
+                "key_to": key_to,
+                # with each file's key range: the task reads a file only if one of its source keys falls in it
+                "targets": [f.item() | {"low": _stat(f.mins.get(key)), "high": _stat(f.maxs.get(key))} for f in part],
+            })
     return groups
+
+
+def _key_ranges(files: list[TableFile], key: str, group_rows: int) -> list[tuple[Any, Any, list[TableFile]]]:
+    """The files split into tasks ``(key_from, key_to, files)``: ranges [key_from, key_to) that cover every key (None:
+    unbounded), each holding whole groups of files with overlapping key ranges, about ``group_rows`` rows a task."""
+    bounds = [(_stat(f.mins.get(key)), _stat(f.maxs.get(key))) for f in files]
+    if sum(f.rows for f in files) <= group_rows or any(None in b for b in bounds):
+        return [(None, None, files)]  # small enough, or a file without statistics may hold any key
+    overlapping: list[tuple[Any, Any, list[TableFile]]] = []  # (low, high, files), disjoint, in key order
+    for (low, high), f in sorted(zip(bounds, files, strict=True), key=lambda b: b[0]):
+        if overlapping and low <= overlapping[-1][1]:
+            last = overlapping[-1]
+            overlapping[-1] = (last[0], max(last[1], high), [*last[2], f])
+        else:
+            overlapping.append((low, high, [f]))
+    tasks: list[tuple[Any, list[TableFile]]] = []  # (first low, files)
+    for low, _, group in overlapping:
+        if tasks and sum(f.rows for f in tasks[-1][1]) < group_rows:
+            tasks[-1][1].extend(group)
+        else:
+            tasks.append((low, list(group)))
+    return [(None if i == 0 else low, tasks[i + 1][0] if i + 1 < len(tasks) else None, group)
+            for i, (low, group) in enumerate(tasks)]
 
 
 def _same_partition(f: TableFile, values: dict[str, str | None], spec: MergeSpec) -> bool:
@@ -256,7 +301,7 @@ def _merge_partition(
         c for c in data if not c.startswith("_") and c not in keys
     ]
     counts = dict.fromkeys(COUNTS, 0)
-    latest = _latest_per_key(read_files(storage, source_rel, item["source"]), spec, counts)
+    latest = _latest_per_key(_in_range(read_files(storage, source_rel, item["source"]), keys[0], item), spec, counts)
     deleting = pl.col(spec.delete_column).fill_null(False) if spec.delete_column else pl.lit(False)
     latest = latest.with_columns(deleting.alias("__delete"))
     upserts = latest.filter(~pl.col("__delete")).select(data)
@@ -326,6 +371,19 @@ def _merge_in_one_task(
                      "files_removed": metrics.get("num_target_files_removed", 0),
                      "files_added": metrics.get("num_target_files_added", 0)}
     return pa.Table.from_pylist([{"kind": "counts", "info": json.dumps(info)}], schema=REPORT)
+
+
+def _in_range(src: pl.DataFrame, key: str, item: dict[str, Any]) -> pl.DataFrame:
+    """The source rows whose first key is in the task's range [key_from, key_to); rows without a key go to the first
+    task (where they are counted)."""
+    key_from, key_to = item.get("key_from"), item.get("key_to")
+    dtype = src.schema[key]
+    if key_from is not None:
+        src = src.filter(pl.col(key) >= _typed(key_from, dtype))
+    if key_to is not None:
+        below = pl.col(key) < _typed(key_to, dtype)
+        src = src.filter((below | pl.col(key).is_null()) if key_from is None else below)
+    return src
 
 
 def _typed(value: Any, dtype: pl.DataType) -> Any:

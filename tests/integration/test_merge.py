@@ -62,10 +62,10 @@ def stage(storage: Storage, rows: pl.DataFrame) -> tuple[str, list[DataFile]]:
     return rel, files
 
 
-def run_merge(storage: Storage, rows: pl.DataFrame) -> MergeResult:
+def run_merge(storage: Storage, rows: pl.DataFrame, group_rows: int | None = None) -> MergeResult:
     rel, files = stage(storage, rows)
     return merge(storage, table.snapshot(storage, REF), files, rel, SPEC, SCHEMA, run_id=f"r{next(_ids)}",
-                 max_rows=1_000_000)
+                 max_rows=1_000_000, group_rows=group_rows)
 
 
 def oracle(target: pl.DataFrame, source: pl.DataFrame) -> pl.DataFrame:
@@ -101,18 +101,20 @@ row = st.tuples(st.integers(0, 24), st.sampled_from([0.0, 1.0, 2.5]), st.sampled
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
-@given(target_keys=st.sets(st.integers(0, 19), min_size=1, max_size=20), rows=st.lists(row, min_size=1, max_size=25))
+@given(target_keys=st.sets(st.integers(0, 19), min_size=1, max_size=20), rows=st.lists(row, min_size=1, max_size=25),
+       split=st.booleans())
 def test_property_a_merge_equals_the_oracle_and_its_rerun_commits_nothing(
     ray_session: None, tmp_path_factory: pytest.TempPathFactory, target_keys: set[int],
-    rows: list[tuple[int, float, str | None, int, bool]],
+    rows: list[tuple[int, float, str | None, int, bool]], split: bool,
 ) -> None:
     root = tmp_path_factory.mktemp("merge")
     storage = Storage(str(root))
-    make_target(storage, target_rows(sorted(target_keys)), files_per_month=2)
+    make_target(storage, target_rows(sorted(target_keys)), files_per_month=3)
     before = read_target(root)
     source = source_rows(rows)
 
-    result = run_merge(storage, source)
+    # split: every partition with several files is merged by one task per file's key range
+    result = run_merge(storage, source, group_rows=1 if split else None)
 
     assert read_target(root).equals(oracle(before, source))
     counts = result.counts
@@ -121,7 +123,7 @@ def test_property_a_merge_equals_the_oracle_and_its_rerun_commits_nothing(
         + counts["unmatched_deletes"] == source.get_column("k").n_unique()
     # the same source again changes nothing and makes no new version
     version = table.snapshot(storage, REF).version
-    again = run_merge(storage, source)
+    again = run_merge(storage, source, group_rows=1 if split else None)
     assert again.version == version and again.files_rewritten == again.files_added == 0
     assert table.snapshot(storage, REF).version == version
 
@@ -192,6 +194,41 @@ def test_date_keys_prune_by_statistics_and_null_keys_are_counted_not_inserted(
     merged = pl.read_delta(str(tmp_path / "silver/daily")).sort("day")
     assert merged.height == 57 and merged.get_column("day").null_count() == 0
     assert merged.filter(pl.col("v") != 1.0).rows() == [(dt.date(2026, 2, 3), 9.0), (dt.date(2026, 3, 1), 7.0)]
+
+
+def test_a_large_partition_is_split_by_key_range_and_each_key_is_merged_once(
+    ray_session: None, tmp_path: Path
+) -> None:
+    # given an unpartitioned table of four files: keys 0-9, the even ones of 10-18, the odd ones of 11-19 with 20-25
+    # (a range overlapping the one before), 40-49
+    storage = Storage(str(tmp_path))
+    ranges = [range(10), range(10, 20, 2), [*range(11, 20, 2), *range(20, 26)], range(40, 50)]
+    adds = [f for keys in ranges
+            for f in write_frame(storage, REF.rel, target_rows(list(keys)), FLAT, prefix="seed", max_rows=100)]
+    table.commit(storage, table.snapshot(storage, REF), schema=FLAT, adds=adds)
+    target = table.snapshot(storage, REF)
+    before = read_target(tmp_path)
+    source = pl.concat([
+        source_rows([(5, 9.0, "a", 0, False), (22, 9.0, "a", 0, False), (30, 3.0, "n", 0, False),
+                     (-1, 3.0, "n", 0, False), (100, 3.0, "n", 0, False), (12, 1.0, "a", 0, False),
+                     (5, 8.0, "a", 1, False)]),
+        source_rows([(0, 0.0, "x", 0, False)]).with_columns(pl.lit(None, pl.Int64).alias("k")),
+    ])
+    rel = "_staging/split"
+    staged = write_frame(storage, rel, source, SOURCE, prefix="staged", max_rows=100)
+
+    # when merged with tasks of about 10 rows
+    result = execute(storage, target, staged, rel, FLAT_SPEC, FLAT, run_id="split", max_rows=100, group_rows=10)
+    commit(storage, target, result, FLAT_SPEC, FLAT)
+
+    # then three tasks own [.., 10), [10, 40), [40, ..): the overlapping files stay together; -1 and 30 (in no file's
+    # range) are inserted by the tasks whose range holds them, 100 by the last; only the three files whose range holds
+    # 5, 12 or 22 are read, the two holding an update rewritten; the keyless row and the duplicate of 5 count once
+    assert result.tasks == 3 and result.partitions == 1
+    assert result.files_read == 3 and result.files_rewritten == 2 and result.files_added == 3
+    assert result.counts == {"inserted": 3, "updated": 2, "deleted": 0, "unchanged": 1, "duplicates": 1,
+                             "unmatched_deletes": 0, "null_keys": 1}
+    assert read_target(tmp_path).equals(oracle(before, source.filter(pl.col("k").is_not_null())))
 
 
 FLAT = pa.schema([("k", pa.int64()), ("v", pa.float64()), ("s", pa.string()), ("_lineage", pa.string())])
