@@ -4,7 +4,8 @@
 
 For each target size: a table of customers-like rows in files of at most 1M rows, a source with 1% of the keys
 changed and 0.1% new; both merges on copies, ours with Ray already started and its workers warm (as in a run).
-Prints wall times and the ratio; the threshold is where the ratio crosses 1.
+Prints wall times and the ratio; the threshold is where the ratio crosses 1. Above the threshold (unpartitioned, more
+than GROUP_ROWS rows) it also times the distributed merge held to one task, against its split into key ranges.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> None:
     from lakehouse import engine, table
     from lakehouse.engine import ray_session
     from lakehouse.frames import write_frame
-    from lakehouse.merge import MergeSpec, merge
+    from lakehouse.merge import GROUP_ROWS, SMALL_TARGET_ROWS, MergeSpec, commit, execute, merge
     from lakehouse.settings import RaySettings
     from lakehouse.storage import Storage
     from lakehouse.table import TableRef
@@ -49,7 +50,8 @@ def main() -> None:
                                 "segment": "AUTOMOBILE"}).cast(rows.schema)  # type: ignore[arg-type]
             source = pl.concat([changed, new])
             times = {}
-            for arm in ("delta-rs", "lakehouse"):
+            arms = ["delta-rs", "lakehouse"] + (["one task"] if n > max(GROUP_ROWS, SMALL_TARGET_ROWS) else [])
+            for arm in arms:
                 root = work / f"{arm}-{n}"
                 shutil.rmtree(root, ignore_errors=True)
                 storage = Storage(str(root))
@@ -64,13 +66,18 @@ def main() -> None:
                      .when_not_matched_insert_all().execute())
                 else:
                     staged = write_frame(storage, "_staging/src", source, schema, prefix="staged", max_rows=1_000_000)
+                    spec, target = MergeSpec(keys=("k",)), table.snapshot(storage, ref)
                     start = time.perf_counter()
-                    merge(storage, table.snapshot(storage, ref), staged, "_staging/src", MergeSpec(keys=("k",)), schema,
-                          run_id="b", max_rows=1_000_000)
+                    if arm == "lakehouse":
+                        merge(storage, target, staged, "_staging/src", spec, schema, run_id="b", max_rows=1_000_000)
+                    else:
+                        done = execute(storage, target, staged, "_staging/src", spec, schema, run_id="b",
+                                       max_rows=1_000_000, group_rows=n)
+                        commit(storage, target, done, spec, schema)
                 times[arm] = time.perf_counter() - start
             print(f"target {n:>9} rows  source {source.height:>6}  delta-rs {times['delta-rs']:5.2f} s  "
-                  f"lakehouse {times['lakehouse']:5.2f} s  ratio {times['lakehouse'] / times['delta-rs']:.2f}x",
-                  flush=True)
+                  f"lakehouse {times['lakehouse']:5.2f} s  ratio {times['lakehouse'] / times['delta-rs']:.2f}x"
+                  + (f"  (one task {times['one task']:5.2f} s)" if "one task" in times else ""), flush=True)
 
 
 if __name__ == "__main__":
