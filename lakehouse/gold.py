@@ -40,7 +40,10 @@ class Input:
 
     @property
     def changed(self) -> bool:
-        return self.mark is None or (self.snap.version is not None and self.mark < self.snap.version)
+        """Changed since the gold table was built from it (an input that does not exist has nothing to give)."""
+        if self.snap.version is None:
+            return False
+        return self.mark is None or self.mark < self.snap.version
 
     def changed_partitions(self, storage: Storage) -> set[tuple[str | None, ...]] | None:
         """Partitions whose files differ between the mark and now; None when everything must be considered."""

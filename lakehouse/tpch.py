@@ -3,8 +3,12 @@
 Gold semantics (the tests check them against DuckDB SQL run on the raw CSV):
 
 * ``revenue_by_nation_month``: per (order month, customer nation): revenue = sum(l_extendedprice * (1 - l_discount)),
-  order_count = distinct orders, lineitem_count = lines; over orders ⋈ lineitem ⋈ customer ⋈ nation.
-* ``customer_lifetime_value``: per customer with an order: order count, sum of o_totalprice, first and last order.
+  order_count = distinct orders, lineitem_count = lines; over orders ⋈ lineitem, with the customer's nation. Every
+  order's revenue is counted, so the table reconciles with silver: a customer deleted by change data capture keeps
+  the nation of their last version in ``silver.customer_history``, and an order of a customer never seen is counted
+  under a null nation (the ``references`` check reports such orders).
+* ``customer_lifetime_value``: per current customer with an order: order count, sum of o_totalprice, first and last
+  order. A deleted customer leaves it.
 * ``pricing_summary_monthly``: TPC-H Q1's aggregates per (ship month, return flag, line status).
 
 How they run, with no hash shuffle: the orders of the affected months, enriched with their customer's nation (nation
@@ -71,7 +75,7 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
     base = table.snapshot(storage, gold.ref(spec.name))
     orders, lineitem = ins["orders"], ins["lineitem"]
     months: Parts = None
-    if base.exists and not (ins["customer"].changed or ins["nation"].changed):
+    if base.exists and not any(ins[name].changed for name in ("customer", "customer_history", "nation")):
         months = orders.changed_partitions(storage) or set()
         changed_lines = lineitem.changed_partitions(storage)
         if changed_lines is None:
@@ -84,11 +88,12 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
     kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
               "max_rows": ctx.settings.target_file_rows}
     customers, nations = ins["customer"].file_items(), ins["nation"].file_items()
+    history = ins["customer_history"].file_items()
     for batch in _month_batches(orders.snap.files_in(months), ctx.settings.broadcast_max_rows):
         if not lineitem.snap.files:
             break
         # The orders of a batch of months, with their customer's nation, are the broadcast side of the join.
-        selected = engine.broadcast(_orders_with_nation, storage, batch, customers, nations)
+        selected = engine.broadcast(_orders_with_nation, storage, batch, customers, nations, history)
         partials = engine.run_tasks(
             lineitem.file_items(), _revenue_partial, fn_kwargs={"storage": storage, "orders": selected}
         )
@@ -140,28 +145,40 @@ def _months_of_orders(item: dict[str, Any], *, storage: Storage, keys: Any) -> p
 
 
 def _customer_nations(
-    storage: Storage, customers: list[dict[str, Any]], nations: list[dict[str, Any]], keys: pl.Series | None = None
+    storage: Storage, customers: list[dict[str, Any]], nations: list[dict[str, Any]], keys: pl.Series | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> pl.DataFrame:
-    """``c_custkey, c_name, nation``; only the customers in ``keys`` when given (a semi-join while reading)."""
-    c = read_files(storage, silver.ref("customer").rel, customers, columns=["c_custkey", "c_name", "c_nationkey"])
+    """``c_custkey, c_name, nation``; only the customers in ``keys`` when given (a semi-join while reading). With
+    ``history`` (files of silver.customer_history), deleted customers too, as their last version."""
+    columns = ["c_custkey", "c_name", "c_nationkey"]
+    c = read_files(storage, silver.ref("customer").rel, customers, columns=columns)
     n = read_files(storage, silver.ref("nation").rel, nations, columns=["n_nationkey", "n_name"])
-    if not c.height or not n.height:
-        return pl.DataFrame(schema={"c_custkey": pl.Int64, "c_name": pl.String, "nation": pl.String})
     if keys is not None:
         c = c.filter(pl.col("c_custkey").is_in(keys.implode()))
+    if history:
+        h = read_files(storage, silver.ref("customer_history").rel, history, columns=[*columns, "is_deleted", "_lsn"])
+        if keys is not None:
+            h = h.filter(pl.col("c_custkey").is_in(keys.implode()))
+        last = h.filter(~pl.col("is_deleted")).sort("_lsn").unique("c_custkey", keep="last", maintain_order=True)
+        gone = last.select(columns).join(c.select("c_custkey"), on="c_custkey", how="anti")
+        c = pl.concat([c, gone], how="vertical_relaxed")
+    if not c.height or not n.height:
+        return pl.DataFrame(schema={"c_custkey": pl.Int64, "c_name": pl.String, "nation": pl.String})
     joined = c.join(n, left_on="c_nationkey", right_on="n_nationkey", how="inner")
     return joined.select("c_custkey", "c_name", pl.col("n_name").alias("nation"))
 
 
 def _orders_with_nation(
-    storage: Storage, files: list[dict[str, Any]], customers: list[dict[str, Any]], nations: list[dict[str, Any]]
+    storage: Storage, files: list[dict[str, Any]], customers: list[dict[str, Any]], nations: list[dict[str, Any]],
+    history: list[dict[str, Any]],
 ) -> pl.DataFrame:
+    """The orders in ``files`` with their customer's nation (null when no customer, current or deleted, is known)."""
     cols = ["o_orderkey", "o_custkey", "order_month"]
     o = read_files(storage, silver.ref("orders").rel, files, columns=cols, partition_types=ORDERS_PARTS)
     if not o.height:
         return pl.DataFrame(schema={"o_orderkey": pl.Int64, "order_month": pl.Date, "nation": pl.String})
-    lookup = _customer_nations(storage, customers, nations, keys=o.get_column("o_custkey").unique())
-    joined = o.join(lookup, left_on="o_custkey", right_on="c_custkey", how="inner")
+    lookup = _customer_nations(storage, customers, nations, keys=o.get_column("o_custkey").unique(), history=history)
+    joined = o.join(lookup, left_on="o_custkey", right_on="c_custkey", how="left")
     return joined.select("o_orderkey", "order_month", "nation")
 
 
@@ -304,7 +321,7 @@ def _pricing_month(item: dict[str, Any], *, storage: Storage, rel: str, run_id: 
 
 
 GOLD = (
-    GoldSpec("revenue_by_nation_month", ("orders", "lineitem", "customer", "nation"), build_revenue,
+    GoldSpec("revenue_by_nation_month", ("orders", "lineitem", "customer", "customer_history", "nation"), build_revenue,
              partition_column="order_month"),
     GoldSpec("customer_lifetime_value", ("orders", "customer", "nation"), build_customer_lifetime_value),
     GoldSpec("pricing_summary_monthly", ("lineitem",), build_pricing_summary, partition_column="ship_month"),

@@ -13,7 +13,7 @@ SQL = {
                sum(l.l_extendedprice * (1 - l.l_discount)) AS revenue,
                count(DISTINCT o.o_orderkey) AS order_count, count(*) AS lineitem_count
         FROM orders o JOIN lineitem l ON l.l_orderkey = o.o_orderkey
-        JOIN customer c ON c.c_custkey = o.o_custkey JOIN nation n ON n.n_nationkey = c.c_nationkey
+        LEFT JOIN customer c ON c.c_custkey = o.o_custkey LEFT JOIN nation n ON n.n_nationkey = c.c_nationkey
         GROUP BY ALL ORDER BY order_month, nation""",
     "customer_lifetime_value": """
         SELECT c.c_custkey, c.c_name, n.n_name AS nation, count(*) AS order_count,

@@ -54,7 +54,7 @@ def test_orphans_are_reported_with_count_and_sample_and_can_fail_the_run(lake_co
     lake = lake_copy()
     orphans = "".join(order(9500000 + i, cust=99999990 + i) for i in range(10))
     land(lake, "orders/drop/orphans.csv", ORDERS + orphans + order(9500010, cust=1))
-    land(lake, "lineitem/drop/orphans.csv", LINES + "".join(line(9599999, n) for n in (1, 2, 3)))
+    land(lake, "lineitem/drop/orphans.csv", LINES + "".join(line(9599999, n) for n in (1, 2, 3)) + line(9500000))
 
     # when the pipeline runs, with broadcasts so small that the batch's keys are checked in 3 hash buckets
     report = lakehouse.run(dataclasses.replace(lake.settings, broadcast_max_rows=1))
@@ -73,6 +73,10 @@ def test_orphans_are_reported_with_count_and_sample_and_can_fail_the_run(lake_co
     # the orphans are in silver all the same: warn keeps them
     keys = pl.read_delta(str(lake.root / "silver/orders")).get_column("o_orderkey")
     assert keys.is_in(range(9500000, 9500011)).sum() == 11
+    # and gold counts the revenue of an order whose customer is unknown, under a null nation
+    unknown = pl.read_delta(str(lake.root / "gold/revenue_by_nation_month")).filter(pl.col("nation").is_null())
+    assert unknown.select("order_month", "revenue", "order_count", "lineitem_count").rows() == [
+        (dt.date(1992, 8, 1), 96.0, 1, 1)]
 
     # and with the action set to fail, the next orphan stops the run before silver.orders commits
     land(lake, "orders/drop/more.csv", ORDERS + order(9500003, cust=77777777))
