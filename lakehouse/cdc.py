@@ -29,7 +29,7 @@ from lakehouse.files import DataFile, write_data_file
 from lakehouse.frames import read_files, to_arrow, write_frame
 from lakehouse.spec import CdcSpec, SilverSpec
 from lakehouse.storage import Storage
-from lakehouse.validation import ROW_ID, model_dtypes, split_valid
+from lakehouse.validation import ROW_ID, cast_text, model_dtypes, split_valid
 
 OPS = ("c", "u", "d", "r")
 ENVELOPE = ("op", "before", "after", "source", "ts_ms")
@@ -81,7 +81,7 @@ def parse_events(raw: pl.DataFrame, model: Any, keys: tuple[str, ...]) -> tuple[
         # Deletes carry only keys: those must parse.
         dtypes = model_dtypes(model)
         dels = strings.filter(~upserts).select(list(keys)).with_columns(meta_df.filter(~upserts).get_column(ROW_ID))
-        typed_del = dels.with_columns(pl.col(k).str.strip_chars().cast(dtypes[k], strict=False) for k in keys)
+        typed_del = dels.with_columns(cast_text(k, dtypes[k]) for k in keys)
         broken = pl.any_horizontal(pl.col(k).is_null() for k in keys)
         for k in keys:
             bad_key = typed_del.get_column(k).is_null()
@@ -307,7 +307,7 @@ def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
             if not changed:
                 marks[app] = source.version
         if not done_current:
-            item = {"events": event_items, "history": [f.item() for f in history.files]}
+            item = {"events": event_items, "history": [merge.ranged_item(f, spec.keys[0]) for f in history.files]}
             kwargs = {**common, "history_rel": history.ref.rel, "target_schema": target.schema}
             staged = engine.collect(engine.run_tasks([item], _current_rows, fn_kwargs=kwargs))
             merged = merge.merge(
@@ -356,7 +356,8 @@ def _commit_history(
     applied again. Returns the history and whether it changed (no commit when it did not: the caller records the
     watermark)."""
     storage = ctx.storage
-    item = {"events": events, "history": [] if seed else [f.item() for f in history.files],
+    key = spec.keys[0]
+    item = {"events": events, "history": [] if seed else [merge.ranged_item(f, key) for f in history.files],
             "seed": [f.item() for f in target.files] if seed else []}
     kwargs = {"storage": storage, "spec": spec, "history_rel": silver.ref(cdc.history).rel, "staging": staging,
               "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
@@ -410,62 +411,87 @@ def _rebuild_history(
     item: dict[str, Any], *, storage: Storage, spec: SilverSpec, history_rel: str, staging: str, run_id: str,
     max_rows: int,
 ) -> pa.Table:
+    """Rebuild the chains of the keys the events touch. Files are read one at a time (those whose key range may hold
+    a touched key), so memory is one file plus the touched keys' versions, however large the history. A key's
+    versions stay in one file: the files holding a touched key are rewritten without it, and the rebuilt chains go
+    with the last of them (else in a new file)."""
     keys = list(spec.keys)
     columns = _columns(spec)
     schema = history_schema(spec)
     events = read_files(storage, staging, item["events"]) if item["events"] else pl.DataFrame()
+    touched = events.select(keys).unique() if events.height else pl.DataFrame(schema=_polars(schema)).select(keys)
     out: list[dict[str, Any]] = []
+
+    def written(df: pl.DataFrame) -> list[dict[str, Any]]:
+        files = write_frame(storage, history_rel, df.select(schema.names), schema, prefix=f"part-{run_id}",
+                            max_rows=max_rows) if df.height else []
+        return [{"kind": "add", "file": f.to_json()} for f in files]
+
     if item["seed"]:
-        rows = read_files(storage, silver.ref(spec.name).rel, item["seed"]).select(columns)
-        existing = rows.with_columns(
-            # valid since before the events began: the snapshot's own time is unknown (not when we ingested it)
-            pl.lit(None, TIMESTAMP).alias("valid_from"), pl.lit(None, TIMESTAMP).alias("valid_to"),
-            pl.lit(True).alias("is_current"), pl.lit(False).alias("is_deleted"),
-            pl.lit(SNAPSHOT_LSN, pl.Int64).alias("_lsn"), pl.lit(None, pl.Int64).alias("_end_lsn"),
-            pl.lit(None, pl.String).alias("_end_op"), pl.lit(None, pl.Int64).alias("_ts_ms"),
-            pl.lit(None, pl.Int64).alias("_end_ts_ms"),
-        )
-        files = [existing]
-    else:
-        files = [read_files(storage, history_rel, [f]) for f in item["history"]]
-        existing = pl.concat(files, how="vertical_relaxed") if files else pl.DataFrame(schema=_polars(schema))
+        # every row of the table is the first version of its key, valid since before the events began (the
+        # snapshot's own time is unknown: not when we ingested it)
+        old = []
+        for f in item["seed"]:
+            rows = read_files(storage, silver.ref(spec.name).rel, [f]).select(columns).with_columns(
+                pl.lit(None, TIMESTAMP).alias("valid_from"), pl.lit(None, TIMESTAMP).alias("valid_to"),
+                pl.lit(True).alias("is_current"), pl.lit(False).alias("is_deleted"),
+                pl.lit(SNAPSHOT_LSN, pl.Int64).alias("_lsn"), pl.lit(None, pl.Int64).alias("_end_lsn"),
+                pl.lit(None, pl.String).alias("_end_op"), pl.lit(None, pl.Int64).alias("_ts_ms"),
+                pl.lit(None, pl.Int64).alias("_end_ts_ms"),
+            )
+            old.append(rows.join(touched, on=keys, how="semi"))
+            out += written(rows.join(touched, on=keys, how="anti"))
+        if events.height:
+            existing = pl.concat(old, how="vertical_relaxed") if old else pl.DataFrame(schema=_polars(schema))
+            out += written(_versions(existing, events, spec, columns))
+        return pa.Table.from_pylist(out, schema=_HISTORY_META)
     if not events.height:
-        rebuilt = existing if item["seed"] else existing.clear()
-        touched_files: list[str] = []
-    else:
-        events = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP))
-        versions = chains(existing, events.select(*columns, *EVENT), spec.keys, columns)
-        touched = events.select(keys).unique()
-        if item["seed"]:
-            rebuilt = pl.concat([existing.join(touched, on=keys, how="anti"), versions.select(existing.columns)])
-            touched_files = []
-        else:
-            # Rewrite the files that hold a touched key (a key's versions stay in one file), plus the new keys.
-            before = existing.join(touched, on=keys, how="semi").select(schema.names).sort([*keys, "_lsn"])
-            if before.equals(versions.select(schema.names).sort([*keys, "_lsn"])):
-                return pa.Table.from_pylist([], schema=_HISTORY_META)  # every touched chain is as it was
-            touched_files = [f["path"] for f, df in zip(item["history"], files, strict=True)
-                             if df.join(touched, on=keys, how="semi").height]
-            kept = [df.join(touched, on=keys, how="anti") for f, df in zip(item["history"], files, strict=True)
-                    if f["path"] in touched_files]
-            rebuilt = pl.concat([*kept, versions.select(existing.columns)], how="vertical_relaxed")
-    out += [{"kind": "remove", "path": p} for p in touched_files]
-    for f in write_frame(storage, history_rel, rebuilt.select(schema.names), schema, prefix=f"part-{run_id}",
-                         max_rows=max_rows):
-        out.append({"kind": "add", "file": f.to_json()})
+        return pa.Table.from_pylist([], schema=_HISTORY_META)
+    first = touched.get_column(keys[0])
+    hits: list[pl.DataFrame] = []
+    hit_files: list[dict[str, Any]] = []
+    for f in item["history"]:
+        if not merge.may_hold(f, first):
+            continue
+        hit = read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
+        if hit.height:
+            hits.append(hit)
+            hit_files.append(f)
+    existing = pl.concat(hits, how="vertical_relaxed") if hits else pl.DataFrame(schema=_polars(schema))
+    versions = _versions(existing, events, spec, columns)
+    if existing.select(schema.names).sort([*keys, "_lsn"]).equals(versions.select(schema.names).sort([*keys, "_lsn"])):
+        return pa.Table.from_pylist([], schema=_HISTORY_META)  # every touched chain is as it was
+    for i, f in enumerate(hit_files):
+        out.append({"kind": "remove", "path": f["path"]})
+        kept = read_files(storage, history_rel, [f]).join(touched, on=keys, how="anti")
+        if i + 1 < len(hit_files):
+            out += written(kept)
+        else:  # the rebuilt chains go with the last rewritten file: no extra small file
+            versions = pl.concat([kept.select(schema.names), versions.select(schema.names)], how="vertical_relaxed")
+    out += written(versions)
     return pa.Table.from_pylist(out, schema=_HISTORY_META)
+
+
+def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: SilverSpec, columns: list[str]) -> pl.DataFrame:
+    events = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP))
+    return chains(existing, events.select(*columns, *EVENT), spec.keys, columns)
 
 
 def _current_rows(
     item: dict[str, Any], *, storage: Storage, spec: SilverSpec, staging: str, run_id: str, history_rel: str,
     target_schema: pa.Schema,
 ) -> pa.Table:
-    """The current state of the keys the events touch, read back from the committed history."""
+    """The current state of the keys the events touch, read back from the committed history, one file at a time (those
+    whose key range may hold a touched key)."""
     keys = list(spec.keys)
     if not item["events"]:
         return pa.Table.from_pylist([], schema=_META)
     touched = read_files(storage, staging, item["events"], columns=keys).unique()
-    versions = read_files(storage, history_rel, item["history"]).join(touched, on=keys, how="semi")
+    first = touched.get_column(keys[0])
+    found = [read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
+             for f in item["history"] if merge.may_hold(f, first)]
+    history = history_schema(spec)
+    versions = pl.concat(found, how="vertical_relaxed") if found else pl.DataFrame(schema=_polars(history))
     rows = current(versions, touched, spec.keys)
     full = pa.schema([*target_schema, pa.field("__delete", pa.bool_())])
     rows = rows.with_columns(pl.lit(None).alias(n) for n in full.names if n not in rows.columns)

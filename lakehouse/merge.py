@@ -234,7 +234,7 @@ def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec, *, group_row
                 "key_from": key_from,
                 "key_to": key_to,
                 # with each file's key range: the task reads a file only if one of its source keys falls in it
-                "targets": [f.item() | {"low": _stat(f.mins.get(key)), "high": _stat(f.maxs.get(key))} for f in part],
+                "targets": [ranged_item(f, key) for f in part],
             })
     return groups
 
@@ -260,6 +260,20 @@ def _key_ranges(files: list[TableFile], key: str, group_rows: int) -> list[tuple
             tasks.append((low, list(group)))
     return [(None if i == 0 else low, tasks[i + 1][0] if i + 1 < len(tasks) else None, group)
             for i, (low, group) in enumerate(tasks)]
+
+
+def ranged_item(f: TableFile, key: str) -> dict[str, Any]:
+    """A file's task item with the range of its ``key`` column (``low``, ``high``), for :func:`may_hold`."""
+    return f.item() | {"low": _stat(f.mins.get(key)), "high": _stat(f.maxs.get(key))}
+
+
+def may_hold(item: dict[str, Any], keys: pl.Series) -> bool:
+    """Can the file of a :func:`ranged_item` hold one of ``keys`` (its first key column's values)? Only its range is
+    consulted: a file without statistics may hold any."""
+    if item["low"] is None or item["high"] is None:
+        return True
+    low, high = (_typed(v, keys.dtype) for v in (item["low"], item["high"]))
+    return bool(keys.is_between(low, high).any())
 
 
 def _same_partition(f: TableFile, values: dict[str, str | None], spec: MergeSpec) -> bool:
@@ -310,10 +324,8 @@ def _merge_partition(
     held: pl.DataFrame | None = None  # the last rewritten file's rows, written with the inserts (no extra small file)
     first = latest.get_column(keys[0])
     for f in item["targets"]:
-        if f["low"] is not None and f["high"] is not None:
-            low, high = (_typed(v, first.dtype) for v in (f["low"], f["high"]))
-            if not first.is_between(low, high).any():
-                continue  # no source key in this file's range: not read
+        if not may_hold(f, first):
+            continue  # no source key in this file's range: not read
         out.append({"kind": "read", "path": f["path"]})
         rows = read_files(storage, target_rel, [f]).select(data)
         hits = latest.select(*keys, "__delete").join(rows.select(keys), on=keys, how="semi")

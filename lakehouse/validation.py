@@ -113,7 +113,7 @@ def split_valid(
     ``extra`` checks)."""
     dtypes = model_dtypes(model)
     df = strings.with_row_index(ROW_ID)
-    typed = df.with_columns(_cast(c, t) for c, t in dtypes.items())
+    typed = df.with_columns(cast_text(c, t) for c, t in dtypes.items())
     failures = [_cast_failures(df, typed, dtypes), _rule_failures(typed.select(ROW_ID, *dtypes), model)]
     failures += [_extra_failures(typed, check) for check in extra]
     found = [f.with_columns(pl.col(ROW_ID).cast(pl.UInt32)) for f in failures if f.height]
@@ -136,7 +136,8 @@ def split_valid(
     return Split(valid=valid, rejected=rejected, warned=warned)
 
 
-def _cast(column: str, dtype: pl.DataType) -> pl.Expr:
+def cast_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    """Text column ``column`` as ``dtype``; blank or unparseable text becomes null (a failure the caller reports)."""
     col = pl.col(column).str.strip_chars()
     col = pl.when(col == "").then(None).otherwise(col)
     if dtype == pl.Date:

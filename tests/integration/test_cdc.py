@@ -15,11 +15,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 import lakehouse
 from lakehouse.demo import cdc_event_files
 from tests.conftest import Lake
 from tests.harness import versions
+from tests.oracle import SORT, assert_frames_match, expected
 
 pytestmark = pytest.mark.integration
 
@@ -100,16 +102,20 @@ def test_events_applied_in_one_run_equal_sequential_application_and_a_rerun_chan
 def test_files_landing_in_reverse_over_several_runs_give_the_same_state_and_history(
     lake_copy: Callable[[], Lake],
 ) -> None:
-    # given the same events landed all at once in one lake, and file by file in reverse order in another
+    # given the same events landed all at once in one lake, and file by file in reverse order in another whose
+    # history is kept in files of at most 200 rows (each batch reads only the files whose key range may hold a
+    # touched key, and rewrites those that do)
     at_once, one_by_one = lake_copy(), lake_copy()
     paths = land_events(at_once)
     assert lakehouse.run(at_once.settings).ok
     staged = one_by_one.raw / "customer_cdc"
     staged.mkdir()
+    small_files = dataclasses.replace(one_by_one.settings, target_file_rows=200)
     for path in reversed(paths):
         shutil.copy(path, staged / path.name)
-        report = lakehouse.run(one_by_one.settings)
+        report = lakehouse.run(small_files)
         assert report.ok, report.error
+    assert len(DeltaTable(str(one_by_one.root / "silver/customer_history")).file_uris()) > 5
 
     # then the current state and every version agree (a late event changes history, not the newest state)
     assert silver_customer(one_by_one).equals(oracle(at_once, paths))
@@ -220,3 +226,26 @@ def test_a_full_refresh_that_fails_before_the_changes_are_applied_again_loses_no
 
     # then every event is applied again
     assert silver_customer(lake).equals(oracle(lake, paths))
+
+
+def test_gold_keeps_the_revenue_of_deleted_customers_and_drops_them_from_lifetime_value(
+    lake_copy: Callable[[], Lake],
+) -> None:
+    # given change events that delete customers who have orders
+    lake = lake_copy()
+    land_events(lake)
+
+    report = lakehouse.run(lake.settings)
+
+    assert report.ok, report.error
+    snapshot = pl.read_csv(lake.raw / "customer/customer.csv", infer_schema=False)
+    deleted = set(snapshot.get_column("c_custkey").cast(pl.Int64)) - set(silver_customer(lake).get_column("c_custkey"))
+    clv = expected(lake.raw, "customer_lifetime_value")
+    assert clv.filter(pl.col("c_custkey").is_in(deleted)).height > 0
+    # then revenue per nation is what the raw files give: a deleted customer's orders count under the nation of
+    # their last version (the events never move a customer's nation)
+    revenue = pl.read_delta(str(lake.root / "gold/revenue_by_nation_month"))
+    assert_frames_match(revenue, expected(lake.raw, "revenue_by_nation_month"), SORT["revenue_by_nation_month"])
+    # and lifetime value lists current customers only
+    assert_frames_match(pl.read_delta(str(lake.root / "gold/customer_lifetime_value")),
+                        clv.filter(~pl.col("c_custkey").is_in(deleted)), SORT["customer_lifetime_value"])
