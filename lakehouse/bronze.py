@@ -86,9 +86,11 @@ def pending_files(
     return pending, [f.path for f in landed if file_format(f.path) is None]
 
 
-def ingest(ctx: RunContext, source: str, required: Collection[str] = ()) -> StageResult:
+def ingest(ctx: RunContext, source: str, required: Collection[str] = (), *, tombstones: bool = False) -> StageResult:
     """Ingest every pending landed file of ``source`` into ``bronze.<source>`` in one commit. ``required`` are the
-    columns the silver models built from it need (a file without one cannot go further)."""
+    columns the silver models built from it need (a file without one cannot go further). ``tombstones``: the source
+    is change events, where a ``null`` JSON line (Kafka's tombstone after a delete) is no record rather than a
+    malformed one."""
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
@@ -116,7 +118,7 @@ def ingest(ctx: RunContext, source: str, required: Collection[str] = ()) -> Stag
     kwargs = {
         "storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat(),
         "expected": expected, "reject_bad": ctx.settings.bad_files == "reject", "evolve": evolve,
-        "required": sorted(required) if evolve else None,
+        "required": sorted(required) if evolve else None, "tombstones": tombstones,
     }
     meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
     bad_files = [json.loads(m["file"]) for m in meta if m["kind"] == "rejected"]
@@ -217,10 +219,11 @@ def _ingest_file(
     reject_bad: bool,
     evolve: bool,
     required: list[str] | None,
+    tombstones: bool = False,
 ) -> pa.Table:
     path, fmt = item["path"], item["format"]
     try:
-        rows, lines, bad = _read_landed(storage, path, fmt, source)
+        rows, lines, bad = _read_landed(storage, path, fmt, source, tombstones=tombstones)
     except SourceFileError as e:
         if not reject_bad:
             raise
@@ -289,7 +292,9 @@ def _ingest_file(
 Bad = tuple[int, str, str]  # line number, raw text, reason
 
 
-def _read_landed(storage: Storage, path: str, fmt: str, source: str) -> tuple[pa.Table, list[int], list[Bad]]:
+def _read_landed(
+    storage: Storage, path: str, fmt: str, source: str, *, tombstones: bool = False
+) -> tuple[pa.Table, list[int], list[Bad]]:
     """Read a landed file as strings; a file that cannot be read as a whole raises :class:`SourceFileError`."""
     try:
         with storage.open_input(path) as f:
@@ -305,8 +310,10 @@ def _read_landed(storage: Storage, path: str, fmt: str, source: str) -> tuple[pa
         raise SourceFileError("empty file", path=path, source=source)
     if fmt != "parquet":
         _check_text(raw, path)
-    reader = {"csv": _read_csv, "json": _read_json, "parquet": _read_parquet}[fmt]
-    rows, lines, bad = reader(raw, path)
+    if fmt == "json":
+        rows, lines, bad = _read_json(raw, path, tombstones=tombstones)
+    else:
+        rows, lines, bad = {"csv": _read_csv, "parquet": _read_parquet}[fmt](raw, path)
     if rows.num_rows == 0 and not bad:
         raise SourceFileError("no data rows (only a header)" if fmt == "csv" else "no data rows", path=path)
     return rows, lines, bad
@@ -420,9 +427,9 @@ def _record_lines(raw: bytes) -> Any:
     return lambda record: nonblank[record - 1] if record <= len(nonblank) else record
 
 
-def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
-    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text. A ``null`` line (a
-    tombstone a Kafka Connect sink writes after a delete) is no record."""
+def _read_json(raw: bytes, path: str, *, tombstones: bool = False) -> tuple[pa.Table, list[int], list[Bad]]:
+    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text. With ``tombstones``
+    a ``null`` line (what a Kafka Connect sink writes after a delete) is no record; otherwise it is malformed."""
     records: list[dict[str, str | None]] = []
     lines: list[int] = []
     bad: list[Bad] = []
@@ -441,10 +448,10 @@ def _read_json(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
         except json.JSONDecodeError as e:
             bad.append((number, line, f"invalid JSON: {e.msg} at column {e.colno}"))
             continue
-        if obj is None:
+        if obj is None and tombstones:
             continue  # a tombstone (Kafka's null value after a delete): no record
         if not isinstance(obj, dict):
-            bad.append((number, line, f"expected a JSON object, found {type(obj).__name__}"))
+            bad.append((number, line, f"expected a JSON object, found {'null' if obj is None else type(obj).__name__}"))
             continue
         records.append({k: _json_string(v) for k, v in obj.items()})
         columns.update(dict.fromkeys(obj))

@@ -96,6 +96,8 @@ def cdc_event_files(customers: pl.DataFrame, events: int, files: int, *, seed: i
     duplicate)."""
     rng = random.Random(seed)
     state = {int(r["c_custkey"]): dict(r) for r in customers.iter_rows(named=True)}
+    live = list(state)  # the keys of state, for a random pick in O(1) (deletes swap the last key into the gap)
+    where = {k: i for i, k in enumerate(live)}
     next_key = max(state) + 1
     lsn, ts = 1_000_000, 1_700_000_000_000
     out: list[str | None] = []  # JSON lines (None: a tombstone)
@@ -107,13 +109,18 @@ def cdc_event_files(customers: pl.DataFrame, events: int, files: int, *, seed: i
             key, op = next_key, "c"
             next_key += 1
             before = None
-            after = {**rng.choice(list(state.values()) or [dict(customers.row(0, named=True))]), "c_custkey": str(key),
-                     "c_name": f"Customer#{key:09d}"}
+            model = state[rng.choice(live)] if live else dict(customers.row(0, named=True))
+            after = {**model, "c_custkey": str(key), "c_name": f"Customer#{key:09d}"}
+            where[key] = len(live)
+            live.append(key)
         elif roll < 0.25:
-            key = rng.choice(list(state))
+            key = rng.choice(live)
             op, before, after = "d", state.pop(key), None
+            gap, last = where.pop(key), live.pop()
+            if last != key:
+                live[gap], where[last] = last, gap
         else:
-            key = rng.choice(list(state))
+            key = rng.choice(live)
             op, before = "u", state[key]
             after = dict(before)
             column = rng.choice(CDC_CHANGED)

@@ -51,7 +51,8 @@ class RunReport:
 def ingest(ctx: RunContext, source: str) -> StageResult:
     spec = pipeline(ctx.settings.pipeline)
     required = {c for s in spec.silver if s.source == source for c in model_dtypes(s.model)}
-    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, source, required))
+    changes = any(c.source == source for c in spec.cdc)
+    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, source, required, tombstones=changes))
 
 
 def build_silver(ctx: RunContext, name: str) -> StageResult:

@@ -120,6 +120,17 @@ def test_json_lines_with_invalid_json_and_non_objects() -> None:
     assert bad[2][2] == "expected a JSON object, found str"
 
 
+def test_a_null_line_is_a_tombstone_only_in_change_events() -> None:
+    raw = b'{"k": 1}\nnull\n{"k": 2}\n'
+
+    # a change-event source: Kafka's tombstone after a delete, no record
+    rows, lines, bad = _read_json(raw, "raw/customer_cdc/a.ndjson", tombstones=True)
+    assert (rows.num_rows, lines, bad) == (2, [1, 3], [])
+    # any other source: a malformed line, set aside with its number
+    rows, lines, bad = _read_json(raw, "raw/orders/a.ndjson")
+    assert (rows.num_rows, lines, bad) == (2, [1, 3], [(2, "null", "expected a JSON object, found null")])
+
+
 def test_json_line_separator_characters_inside_a_string_value() -> None:
     # given valid NDJSON whose text holds a Unicode line separator (legal unescaped in JSON strings)
     records = [{"k": 1, "comment": "first\u2028second"}, {"k": 2, "comment": "next\x85line"}]

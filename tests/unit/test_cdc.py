@@ -164,3 +164,23 @@ def test_a_model_rule_whose_action_is_fail_marks_the_event_failing() -> None:
 
     assert events.get_column("c_custkey").to_list() == [20]
     assert rejected.select(ROW_ID, "check", "action").rows() == [(1, "dtype('Float64')", "fail")]
+
+
+def test_a_delete_keyed_by_a_date_parses_its_key_and_rejects_one_that_does_not_parse() -> None:
+    import pandera.polars as pa
+
+    class Daily(pa.DataFrameModel):
+        day: dt.date
+        amount: float
+
+    def day(value: str) -> dict[str, Any]:
+        return {"day": value, "amount": 1.0}
+
+    rows = [envelope("c", None, day("2026-02-03"), 1), envelope("d", day("2026-02-03"), None, 2),
+            envelope("d", day("2026-13-45"), None, 3)]
+    raw = pl.DataFrame(rows, schema={c: pl.String for c in rows[0]})
+
+    events, rejected = parse_events(raw, Daily, ("day",))
+
+    assert events.select("day", "_op").rows() == [(dt.date(2026, 2, 3), "c"), (dt.date(2026, 2, 3), "d")]
+    assert rejected.select(ROW_ID, "check", "column", "value").rows() == [(2, "dtype('Date')", "day", "2026-13-45")]
