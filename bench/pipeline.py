@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--scale-factor", type=float, default=1.0)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "lakehouse-bench"))
     p.add_argument("--parts-per-month", type=int, default=1)
+    p.add_argument("--only-lakehouse", action="store_true",
+                   help="build the lake without the baselines (bench/merge.py at scale factors Polars cannot hold)")
     args = p.parse_args()
     from lakehouse.demo import generate
     from lakehouse.storage import Storage
@@ -96,7 +98,8 @@ def main() -> None:
     print(f"raw CSV: {size / 1e9:.2f} GB in {sum(1 for _ in (root / 'raw').rglob('*.csv'))} files")
 
     results = {}
-    for name, fn, arg in (("floor", floor, root / "raw"), ("polars", polars_arm, root / "raw")):
+    baselines = () if args.only_lakehouse else (("floor", floor, root / "raw"), ("polars", polars_arm, root / "raw"))
+    for name, fn, arg in baselines:
         out = work / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -110,6 +113,8 @@ def main() -> None:
         layers[r.table.split(".")[0]] = layers.get(r.table.split(".")[0], 0.0) + r.seconds
     print(f"{'lakehouse':<18} {secs:7.1f} s  peak {gib(peak)}  "
           + "  ".join(f"{k} {v:.1f} s" for k, v in layers.items()), flush=True)
+    if args.only_lakehouse:
+        return
     _, secs2, peak2 = timed(lakehouse_arm, root)
     print(f"{'lakehouse rerun':<18} {secs2:7.1f} s  peak {gib(peak2)}  (nothing new landed)")
     for base in ("floor", "polars"):

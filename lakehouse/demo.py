@@ -8,6 +8,7 @@ snapshot files (``raw/customer/customer.csv``). Landing is idempotent: a file th
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -22,6 +23,9 @@ from lakehouse.errors import ConfigError
 from lakehouse.storage import Storage
 
 DIMENSIONS = ("region", "nation", "customer")
+# Orders and lineitem are generated and landed in parts of at most this scale factor (SF 3 of lineitem as text, joined
+# to its orders' months, peaks near 15 GiB).
+MAX_PART_SCALE_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,8 @@ def generate(
     change events of customers are landed under ``raw/customer_cdc/`` as Debezium envelopes (see :func:`cdc_events`).
     """
     with tempfile.TemporaryDirectory(prefix="tpchgen-") as tmp:
-        _run_tpchgen(Path(tmp), scale_factor)
-        frames = {name: pl.read_csv(Path(tmp) / f"{name}.csv", infer_schema=False) for name in
-                  ("region", "nation", "customer", "orders", "lineitem")}
+        _run_tpchgen(Path(tmp), scale_factor, DIMENSIONS)
+        dims = {name: pl.read_csv(Path(tmp) / f"{name}.csv", infer_schema=False) for name in DIMENSIONS}
     written = skipped = 0
 
     def land(rel: str, df: pl.DataFrame) -> None:
@@ -61,19 +64,28 @@ def generate(
         written += 1
 
     for name in DIMENSIONS:
-        land(f"raw/{name}/{name}.csv", frames[name].sample(fraction=1.0, shuffle=True, seed=seed))
-    orders = frames["orders"].with_columns(pl.col("o_orderdate").str.slice(0, 7).alias("__month"))
-    month_of = orders.select(pl.col("o_orderkey").alias("l_orderkey"), "__month")
-    lineitem = frames["lineitem"].join(month_of, on="l_orderkey", how="left")
-    all_months = sorted(orders.get_column("__month").unique().to_list())
-    for month in all_months[:months] if months else all_months:
-        for table, df in (("orders", orders), ("lineitem", lineitem)):
-            drop = df.filter(pl.col("__month") == month).drop("__month")
-            drop = drop.sample(fraction=1.0, shuffle=True, seed=seed)
-            for i, part in enumerate(_split(drop, parts_per_month)):
-                land(f"raw/{table}/{month}/part-{i}.csv", part)
+        land(f"raw/{name}/{name}.csv", dims[name].sample(fraction=1.0, shuffle=True, seed=seed))
+    # Orders with their lines are generated in parts of at most MAX_PART_SCALE_FACTOR (a part's lines belong to its
+    # orders), each landing its own files of every month: memory stays bounded at any scale factor.
+    parts = max(1, math.ceil(scale_factor / MAX_PART_SCALE_FACTOR))
+    for part in range(parts):
+        with tempfile.TemporaryDirectory(prefix="tpchgen-") as tmp:
+            found = _run_tpchgen(Path(tmp), scale_factor, ("orders", "lineitem"),
+                                 part=(part + 1, parts) if parts > 1 else None)
+            orders = pl.read_csv(found["orders"], infer_schema=False).with_columns(
+                pl.col("o_orderdate").str.slice(0, 7).alias("__month"))
+            month_of = orders.select(pl.col("o_orderkey").alias("l_orderkey"), "__month")
+            lineitem = pl.read_csv(found["lineitem"], infer_schema=False).join(month_of, on="l_orderkey", how="left")
+        all_months = sorted(orders.get_column("__month").unique().to_list())
+        for month in all_months[:months] if months else all_months:
+            for table, df in (("orders", orders), ("lineitem", lineitem)):
+                drop = df.filter(pl.col("__month") == month).drop("__month")
+                drop = drop.sample(fraction=1.0, shuffle=True, seed=seed)
+                for i, piece in enumerate(_split(drop, parts_per_month)):
+                    land(f"raw/{table}/{month}/part-{part * parts_per_month + i}.csv", piece)
+        del orders, lineitem, month_of
     if cdc_events:
-        for i, text in enumerate(cdc_event_files(frames["customer"], cdc_events, cdc_files, seed=seed)):
+        for i, text in enumerate(cdc_event_files(dims["customer"], cdc_events, cdc_files, seed=seed)):
             rel = f"raw/customer_cdc/events-{i:04d}.ndjson"
             if storage.exists(rel):
                 skipped += 1
@@ -162,10 +174,15 @@ def _split(df: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
     return [df.slice(i * size, size) for i in range(parts) if i * size < df.height] or [df]
 
 
-def _run_tpchgen(out: Path, scale_factor: float) -> None:
+def _run_tpchgen(
+    out: Path, scale_factor: float, tables: tuple[str, ...], part: tuple[int, int] | None = None
+) -> dict[str, Path]:
+    """Generate ``tables`` as CSV under ``out`` (``part``: part k of n, 1-based); returns each table's file."""
     exe = shutil.which("tpchgen-cli") or str(Path(sys.executable).with_name("tpchgen-cli"))
     if not Path(exe).exists():
         raise ConfigError("tpchgen-cli is not installed (it is a dependency of this project: pip install -e .)")
-    cmd = [exe, "csv", "-s", str(scale_factor), "-o", str(out), "-T", "region,nation,customer,orders,lineitem",
-           "--quiet"]
+    cmd = [exe, "csv", "-s", str(scale_factor), "-o", str(out), "-T", ",".join(tables), "--quiet"]
+    if part:
+        cmd += ["--parts", str(part[1]), "--part", str(part[0])]
     subprocess.run(cmd, check=True)
+    return {t: out / t / f"{t}.{part[0]}.csv" if part else out / f"{t}.csv" for t in tables}
