@@ -13,6 +13,11 @@ from pathlib import Path
 
 
 def _tree_rss(root: int) -> int:
+    return sum(pss for _, pss in _tree(root).values())
+
+
+def _tree(root: int) -> dict[int, tuple[str, int]]:
+    """Each process of the tree under ``root``: its name (``ray::IDLE``, ``raylet``, ``python``) and PSS."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -26,15 +31,37 @@ def _tree_rss(root: int) -> int:
             rss[int(entry.name)] = _pss(entry) or int(fields[21]) * page
         except (OSError, ValueError):
             continue
-    total, stack = 0, [root]
+    found, stack = {}, [root]
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        if pid in rss:
+            found[pid] = (_name(pid), rss[pid])
         stack.extend(children.get(pid, []))
-    return total
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = args[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    script = next((a.decode(errors="replace") for a in args[1:] if a.endswith(b".py")), "")
+    return Path(script or first).name
+
+
+def breakdown(processes: dict[int, tuple[str, int]]) -> str:
+    """``name xN size`` per kind of process, largest first."""
+    kinds: dict[str, list[int]] = {}
+    for name, pss in processes.values():
+        kinds.setdefault(name, []).append(pss)
+    ordered = sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+    return ", ".join(f"{name}{f' x{len(v)}' if len(v) > 1 else ''} {sum(v) / (1 << 20):.0f} MiB" for name, v in ordered)
 
 
 def _pss(proc: Path) -> int:
@@ -50,13 +77,20 @@ class PeakMemory:
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.peak = 0
+        self.at_peak: dict[int, tuple[str, int]] = {}  # the processes at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss(os.getpid()))
+            self._sample()
             self._stop.wait(self.interval)
+
+    def _sample(self) -> None:
+        processes = _tree(os.getpid())
+        total = sum(pss for _, pss in processes.values())
+        if total > self.peak:
+            self.peak, self.at_peak = total, processes
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -65,7 +99,7 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _tree_rss(os.getpid()))
+        self._sample()
 
 
 def gib(n: int) -> str:
@@ -76,4 +110,5 @@ def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     with PeakMemory() as mem:
         out = fn(*args, **kwargs)
+    timed.at_peak = mem.at_peak  # type: ignore[attr-defined]
     return out, time.perf_counter() - start, mem.peak

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory import _tree_rss, gib, timed
+from memory import _tree_rss, breakdown, gib, timed
 
 KEYS = ["l_orderkey", "l_linenumber"]
 
@@ -153,6 +153,7 @@ def main() -> None:
                                                        "rows_updated", "rows_inserted")}
     print(f"{'delta-rs merge':<16} {d_secs:6.1f} s  peak {gib(d_peak)} (+{gib(d_peak - d_base)} over idle)  "
           + " ".join(f"{k} {v}" for k, v in m.items()), flush=True)
+    print(f"  at the peak: {breakdown(timed.at_peak)}")  # type: ignore[attr-defined]
 
     from lakehouse.engine import ray_session
     from lakehouse.settings import RaySettings
@@ -169,6 +170,7 @@ def main() -> None:
           f"  files read {result.files_read}"  # type: ignore[attr-defined]
           f" rewritten {result.files_rewritten} added {result.files_added}  updated {c['updated']}"  # type: ignore[attr-defined]
           f" inserted {c['inserted']} unchanged {c['unchanged']}", flush=True)
+    print(f"  at the peak: {breakdown(timed.at_peak)}")  # type: ignore[attr-defined]
     print(f"lakehouse / delta-rs: wall {l_secs / d_secs:.2f}x   peak memory {l_peak / d_peak:.2f}x   "
           f"memory over idle {(l_peak - l_base) / (d_peak - d_base):.2f}x")
 

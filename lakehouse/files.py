@@ -13,6 +13,7 @@ import json
 import posixpath
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,28 +91,100 @@ def write_data_file(
     )
 
 
+class DataFileWriter:
+    """One Parquet data file written batch by batch (memory: one batch), described like :func:`write_data_file` when
+    closed; readers never see it half written (a temporary name on local disk, an S3 upload completes at close)."""
+
+    def __init__(self, storage: Storage, table_rel: str, schema: pa.Schema, *,
+                 partition_values: dict[str, str | None] | None = None, prefix: str = "part") -> None:
+        self.partition_values = partition_values or {}
+        sub = partition_dir(self.partition_values)
+        name = f"{prefix}-{uuid.uuid4().hex}.parquet"
+        self.rel = posixpath.join(sub, name) if sub else name
+        self._storage = storage
+        self._fs = storage.filesystem()
+        self._target = storage.fs_path(posixpath.join(table_rel, self.rel))
+        self._path = self._target if storage.is_s3 else posixpath.join(
+            posixpath.dirname(self._target), f".{posixpath.basename(self._target)}.tmp")
+        self._fs.create_dir(posixpath.dirname(self._target), recursive=True)
+        self._stream = self._fs.open_output_stream(self._path)
+        self._writer = pq.ParquetWriter(self._stream, schema, compression="snappy")
+        self._stats = _Stats()
+        self.rows = 0
+
+    def write(self, data: pa.Table) -> None:
+        if data.num_rows:
+            self._writer.write_table(data, row_group_size=256 * 1024)
+            self._stats.update(data)
+            self.rows += data.num_rows
+
+    def close(self) -> DataFile:
+        self._writer.close()
+        self._stream.close()
+        if self._path != self._target:
+            self._fs.move(self._path, self._target)
+        return DataFile(path=self.rel, size=self._fs.get_file_info(self._target).size, rows=self.rows,
+                        partition_values=self.partition_values, stats=self._stats.json(self.rows),
+                        modification_time=int(time.time() * 1000))
+
+    def abort(self) -> None:
+        """Drop the file: nothing refers to it."""
+        self._writer.close()
+        self._stream.close()
+        self._fs.delete_file(self._path)
+
+
 def read_data_file(storage: Storage, table_rel: str, file: str, columns: list[str] | None = None) -> pa.Table:
     with storage.open_input(posixpath.join(table_rel, file)) as f:
         return pq.read_table(f, columns=columns)
 
 
+def iter_data_file(
+    storage: Storage, table_rel: str, file: str, *, batch_rows: int, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """A data file as tables of at most ``batch_rows`` rows, decoded one at a time."""
+    with storage.open_input(posixpath.join(table_rel, file)) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
 def delta_stats(data: pa.Table, *, constant: dict[str, str] | None = None) -> str:
     """Delta JSON statistics (numRecords, minValues, maxValues, nullCount) so readers can skip files."""
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    nulls: dict[str, int] = {}
-    for name, column in zip(data.column_names, data.columns, strict=True):
-        nulls[name] = column.null_count
-        if data.num_rows == column.null_count or not _has_stats(column.type):
-            continue
-        mm = pc.min_max(column)
-        lo, hi = mm["min"].as_py(), mm["max"].as_py()
-        if isinstance(lo, str) and (len(lo) > _MAX_STAT_STRING or len(hi) > _MAX_STAT_STRING):
-            continue
-        mins[name], maxs[name] = _stat_value(lo), _stat_value(hi)
-    for name, value in (constant or {}).items():
-        mins[name] = maxs[name] = value
-    return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+    stats = _Stats()
+    stats.update(data)
+    return stats.json(data.num_rows, constant=constant)
+
+
+class _Stats:
+    """Per-column min, max and null count, gathered over one or more tables (the batches of a file)."""
+
+    def __init__(self) -> None:
+        self.mins: dict[str, Any] = {}
+        self.maxs: dict[str, Any] = {}
+        self.nulls: dict[str, int] = {}
+        self.unbounded: set[str] = set()  # a string longer than _MAX_STAT_STRING was seen: no min/max
+
+    def update(self, data: pa.Table) -> None:
+        for name, column in zip(data.column_names, data.columns, strict=True):
+            self.nulls[name] = self.nulls.get(name, 0) + column.null_count
+            if data.num_rows == column.null_count or not _has_stats(column.type) or name in self.unbounded:
+                continue
+            mm = pc.min_max(column)
+            lo, hi = mm["min"].as_py(), mm["max"].as_py()
+            if isinstance(lo, str) and (len(lo) > _MAX_STAT_STRING or len(hi) > _MAX_STAT_STRING):
+                self.unbounded.add(name)
+                self.mins.pop(name, None)
+                self.maxs.pop(name, None)
+                continue
+            self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)
+            self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
+
+    def json(self, rows: int, *, constant: dict[str, str] | None = None) -> str:
+        mins = {k: _stat_value(v) for k, v in self.mins.items()}
+        maxs = {k: _stat_value(v) for k, v in self.maxs.items()}
+        for name, value in (constant or {}).items():
+            mins[name] = maxs[name] = value
+        return json.dumps({"numRecords": rows, "minValues": mins, "maxValues": maxs, "nullCount": self.nulls})
 
 
 def _has_stats(t: pa.DataType) -> bool:

@@ -41,8 +41,8 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import engine, table
-from lakehouse.files import DataFile
-from lakehouse.frames import read_files, to_arrow, without, write_frame
+from lakehouse.files import DataFile, DataFileWriter, iter_data_file
+from lakehouse.frames import read_files, to_arrow, to_frame, without, write_frame
 from lakehouse.storage import Storage
 from lakehouse.table import Snapshot, TableFile
 
@@ -93,6 +93,7 @@ def merge(
     app_transactions: Mapping[str, int] | None = None,
     metadata: Mapping[str, Any] | None = None,
     group_rows: int | None = None,
+    batch_rows: int = 0,
 ) -> MergeResult:
     """Merge the staged ``source`` files (under ``source_rel``) into ``target`` in one commit; see the module doc.
 
@@ -102,7 +103,7 @@ def merge(
     if small(target, spec):
         return _merge_small(storage, target, source, source_rel, spec, schema, app_transactions, metadata)
     result = execute(storage, target, source, source_rel, spec, schema, run_id=run_id, max_rows=max_rows,
-                     group_rows=group_rows)
+                     group_rows=group_rows, batch_rows=batch_rows)
     return commit(storage, target, result, spec, schema, app_transactions=app_transactions, metadata=metadata)
 
 
@@ -152,15 +153,17 @@ def execute(
     run_id: str,
     max_rows: int,
     group_rows: int | None = None,
+    batch_rows: int = 0,
 ) -> MergeResult:
-    """Plan and run the merge on the workers; nothing is committed (the new files are written, unreferenced)."""
+    """Plan and run the merge on the workers; nothing is committed (the new files are written, unreferenced).
+    ``batch_rows``: rows of a target file handled at a time (0: BATCH_ROWS)."""
     groups = plan(target, source, spec, group_rows=GROUP_ROWS if group_rows is None else group_rows)
     partitions = {json.dumps(g["partition_values"], sort_keys=True) for g in groups}
     result = MergeResult(version=target.version, partitions=len(partitions), tasks=len(groups))
     if not groups:
         return result
     kwargs = {"storage": storage, "target_rel": target.ref.rel, "source_rel": source_rel, "spec": spec,
-              "schema": schema, "run_id": run_id, "max_rows": max_rows}
+              "schema": schema, "run_id": run_id, "max_rows": max_rows, "batch_rows": batch_rows or BATCH_ROWS}
     report = engine.collect(engine.run_tasks(groups, _merge_partition, fn_kwargs=kwargs))
     removed = {r["path"] for r in report if r["kind"] == "remove"}
     result.adds = [DataFile.from_json(r["file"]) for r in report if r["kind"] == "add"]
@@ -307,6 +310,7 @@ def _merge_partition(
     schema: pa.Schema,
     run_id: str,
     max_rows: int,
+    batch_rows: int,
 ) -> pa.Table:
     keys = list(spec.keys)
     file_schema = without(schema, [spec.partition]) if spec.partition else schema
@@ -315,48 +319,96 @@ def _merge_partition(
         c for c in data if not c.startswith("_") and c not in keys
     ]
     counts = dict.fromkeys(COUNTS, 0)
-    latest = _latest_per_key(_in_range(read_files(storage, source_rel, item["source"]), keys[0], item), spec, counts)
+    # read file by file, each cut to the task's key range: a task holds its share of the source
+    share = [_in_range(read_files(storage, source_rel, [f]), keys[0], item) for f in item["source"]]
+    latest = _latest_per_key(pl.concat(share, how="vertical_relaxed"), spec, counts)
     deleting = pl.col(spec.delete_column).fill_null(False) if spec.delete_column else pl.lit(False)
     latest = latest.with_columns(deleting.alias("__delete"))
     upserts = latest.filter(~pl.col("__delete")).select(data)
     out: list[dict[str, Any]] = []
-    matched = []
-    held: pl.DataFrame | None = None  # the last rewritten file's rows, written with the inserts (no extra small file)
+    matched: list[pl.DataFrame] = []
+    # The last rewritten file, left open for the inserts (no extra small file).
+    held: DataFileWriter | None = None
     first = latest.get_column(keys[0])
     for f in item["targets"]:
         if not may_hold(f, first):
             continue  # no source key in this file's range: not read
         out.append({"kind": "read", "path": f["path"]})
-        rows = read_files(storage, target_rel, [f]).select(data)
-        hits = latest.select(*keys, "__delete").join(rows.select(keys), on=keys, how="semi")
-        if not hits.height:
+        # Streamed a batch at a time and written as it goes, from the first change on (the batches before it are
+        # held, up to HELD_BATCHES, then written anyway; the write is dropped if nothing changed): the task holds a
+        # few batches of the file, whatever its size.
+        writer: DataFileWriter | None = None
+        waiting: list[pa.Table] = []
+        changes: list[pl.DataFrame] = []
+        rewrite = False
+        try:
+            for batch in iter_data_file(storage, target_rel, f["path"], batch_rows=batch_rows):
+                rows = to_frame(batch).select(data)
+                hits = latest.select(*keys, "__delete").join(rows.select(keys), on=keys, how="semi")
+                if hits.height:
+                    matched.append(hits.select(keys))
+                    deleted = hits.filter(pl.col("__delete")).select(keys)
+                    candidates = upserts.join(hits.filter(~pl.col("__delete")).select(keys), on=keys, how="semi")
+                    before = rows.join(candidates.select(keys), on=keys, how="semi")
+                    changed = _changed(candidates, before, keys, compare, list(spec.order_by))
+                    counts["deleted"] += deleted.height
+                    counts["updated"] += changed.height
+                    counts["unchanged"] += candidates.height - changed.height
+                    if deleted.height or changed.height:
+                        rewrite = True
+                        changes.append(changed.select(data))
+                        rows = rows.join(pl.concat([deleted, changed.select(keys)]), on=keys, how="anti")
+                waiting.append(to_arrow(rows, file_schema))
+                if writer is None and (rewrite or len(waiting) > HELD_BATCHES):
+                    writer = DataFileWriter(storage, target_rel, file_schema,
+                                            partition_values=item["partition_values"], prefix=f"part-{run_id}")
+                if writer is not None:
+                    for table_ in waiting:
+                        writer.write(table_)
+                    waiting.clear()
+            if rewrite:
+                assert writer is not None
+                for part in changes:
+                    writer.write(to_arrow(part, file_schema))
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if not rewrite:
+            if writer is not None:
+                writer.abort()  # every matched row is as it was: the file stays
             continue
-        matched.append(hits.select(keys))
-        deleted = hits.filter(pl.col("__delete")).select(keys)
-        candidates = upserts.join(hits.filter(~pl.col("__delete")).select(keys), on=keys, how="semi")
-        before = rows.join(candidates.select(keys), on=keys, how="semi")
-        changed = _changed(candidates, before, keys, compare, list(spec.order_by))
-        counts["deleted"] += deleted.height
-        counts["updated"] += changed.height
-        counts["unchanged"] += candidates.height - changed.height
-        if not deleted.height and not changed.height:
-            continue  # every matched row is as it was: the file stays
-        gone = pl.concat([deleted, changed.select(keys)])
-        kept = rows.join(gone, on=keys, how="anti")
-        new = pl.concat([kept, changed.select(data)], how="vertical_relaxed")
+        assert writer is not None
         out.append({"kind": "remove", "path": f["path"]})
         if held is not None:
-            out += _written(storage, target_rel, held, file_schema, item["partition_values"], run_id, max_rows)
-        held = new
+            out += _closed(held)
+        held = writer
     known = pl.concat(matched) if matched else latest.select(keys).clear()
     inserts = upserts.join(known, on=keys, how="anti")
     counts["inserted"] = inserts.height
     counts["unmatched_deletes"] = latest.filter(pl.col("__delete")).join(known, on=keys, how="anti").height
+    if held is not None and held.rows + inserts.height <= max_rows:
+        held.write(to_arrow(inserts, file_schema))
+        inserts = inserts.clear()
     if held is not None:
-        inserts = pl.concat([held, inserts], how="vertical_relaxed")
+        out += _closed(held)
     out += _written(storage, target_rel, inserts, file_schema, item["partition_values"], run_id, max_rows)
     out.append({"kind": "counts", "info": json.dumps(counts)})
     return pa.Table.from_pylist(out, schema=REPORT)
+
+
+# Rows of a target file handled at a time by a merge task (its files' row groups are 256K rows), and how many batches
+# without a change it holds before writing the file's rewrite anyway.
+BATCH_ROWS = 128 * 1024
+HELD_BATCHES = 2
+
+
+def _closed(writer: DataFileWriter) -> list[dict[str, Any]]:
+    """The report of a rewritten file: added, unless every row of it was deleted."""
+    if not writer.rows:
+        writer.abort()
+        return []
+    return [{"kind": "add", "file": writer.close().to_json()}]
 
 
 def _merge_in_one_task(
