@@ -412,9 +412,9 @@ def _rebuild_history(
     max_rows: int,
 ) -> pa.Table:
     """Rebuild the chains of the keys the events touch. Files are read one at a time (those whose key range may hold
-    a touched key), so memory is one file plus the touched keys' versions, however large the history. A key's
-    versions stay in one file: the files holding a touched key are rewritten without it, and the rebuilt chains go
-    with the last of them (else in a new file)."""
+    a touched key), so memory is one file plus the touched keys' versions, however large the history. The files
+    holding a touched key are rewritten without it, and the rebuilt chains go with the last of them (else in a new
+    file), so no file is left holding part of a rebuilt chain."""
     keys = list(spec.keys)
     columns = _columns(spec)
     schema = history_schema(spec)

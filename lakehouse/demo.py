@@ -76,6 +76,8 @@ def generate(
                 pl.col("o_orderdate").str.slice(0, 7).alias("__month"))
             month_of = orders.select(pl.col("o_orderkey").alias("l_orderkey"), "__month")
             lineitem = pl.read_csv(found["lineitem"], infer_schema=False).join(month_of, on="l_orderkey", how="left")
+        if lineitem.get_column("__month").null_count():
+            raise ConfigError(f"tpchgen-cli part {part + 1} of {parts}: lines whose order is not in the part")
         all_months = sorted(orders.get_column("__month").unique().to_list())
         for month in all_months[:months] if months else all_months:
             for table, df in (("orders", orders), ("lineitem", lineitem)):

@@ -75,7 +75,10 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
     base = table.snapshot(storage, gold.ref(spec.name))
     orders, lineitem = ins["orders"], ins["lineitem"]
     months: Parts = None
-    if base.exists and not any(ins[name].changed for name in ("customer", "customer_history", "nation")):
+    # a new history version that only records a watermark (no file changed) changes no customer's last version
+    history = ins["customer_history"]
+    history_changed = history.changed and history.changed_partitions(storage) != set()
+    if base.exists and not (ins["customer"].changed or ins["nation"].changed or history_changed):
         months = orders.changed_partitions(storage) or set()
         changed_lines = lineitem.changed_partitions(storage)
         if changed_lines is None:
@@ -87,13 +90,12 @@ def build_revenue(ctx: RunContext, spec: GoldSpec) -> StageResult:
     meta: list[dict[str, Any]] = []
     kwargs = {"storage": storage, "rel": gold.ref(spec.name).rel, "run_id": ctx.run_id,
               "max_rows": ctx.settings.target_file_rows}
-    customers, nations = ins["customer"].file_items(), ins["nation"].file_items()
-    history = ins["customer_history"].file_items()
+    customers, nations, deleted = ins["customer"].file_items(), ins["nation"].file_items(), history.file_items()
     for batch in _month_batches(orders.snap.files_in(months), ctx.settings.broadcast_max_rows):
         if not lineitem.snap.files:
             break
         # The orders of a batch of months, with their customer's nation, are the broadcast side of the join.
-        selected = engine.broadcast(_orders_with_nation, storage, batch, customers, nations, history)
+        selected = engine.broadcast(_orders_with_nation, storage, batch, customers, nations, deleted)
         partials = engine.run_tasks(
             lineitem.file_items(), _revenue_partial, fn_kwargs={"storage": storage, "orders": selected}
         )
@@ -156,10 +158,15 @@ def _customer_nations(
     if keys is not None:
         c = c.filter(pl.col("c_custkey").is_in(keys.implode()))
     if history:
-        h = read_files(storage, silver.ref("customer_history").rel, history, columns=[*columns, "is_deleted", "_lsn"])
-        if keys is not None:
-            h = h.filter(pl.col("c_custkey").is_in(keys.implode()))
-        last = h.filter(~pl.col("is_deleted")).sort("_lsn").unique("c_custkey", keep="last", maintain_order=True)
+        # a deleted customer's last version is one a delete closed (the latest such, if deleted more than once); the
+        # history is read a file at a time, keeping only those versions
+        closed = []
+        for f in history:
+            h = read_files(storage, silver.ref("customer_history").rel, [f], columns=[*columns, "_end_op", "_lsn"])
+            h = h.filter(pl.col("_end_op") == "d")
+            closed.append(h if keys is None else h.filter(pl.col("c_custkey").is_in(keys.implode())))
+        last = pl.concat(closed, how="vertical_relaxed").sort("_lsn").unique("c_custkey", keep="last",
+                                                                             maintain_order=True)
         gone = last.select(columns).join(c.select("c_custkey"), on="c_custkey", how="anti")
         c = pl.concat([c, gone], how="vertical_relaxed")
     if not c.height or not n.height:

@@ -249,3 +249,40 @@ def test_gold_keeps_the_revenue_of_deleted_customers_and_drops_them_from_lifetim
     # and lifetime value lists current customers only
     assert_frames_match(pl.read_delta(str(lake.root / "gold/customer_lifetime_value")),
                         clv.filter(~pl.col("c_custkey").is_in(deleted)), SORT["customer_lifetime_value"])
+
+
+def test_a_deleted_customer_s_revenue_counts_under_the_nation_of_their_last_version(
+    lake_copy: Callable[[], Lake], tmp_path: Path,
+) -> None:
+    # given a customer with orders who moves to another nation and is then deleted
+    lake = lake_copy()
+    snapshot = pl.read_csv(lake.raw / "customer/customer.csv", infer_schema=False)
+    buyer = int(pl.read_delta(str(lake.root / "silver/orders")).get_column("o_custkey").min())  # type: ignore[arg-type]
+    row = snapshot.filter(pl.col("c_custkey") == str(buyer)).row(0, named=True)
+    image = {**row, "c_custkey": buyer, "c_nationkey": int(row["c_nationkey"]), "c_acctbal": float(row["c_acctbal"])}
+    moved = {**image, "c_nationkey": (image["c_nationkey"] + 1) % 25}
+    events = [
+        {"op": "u", "before": image, "after": moved, "source": {"lsn": 10, "ts_ms": 1_700_000_000_000}, "ts_ms": 1},
+        {"op": "d", "before": moved, "after": None, "source": {"lsn": 11, "ts_ms": 1_700_000_001_000}, "ts_ms": 2},
+    ]
+    (lake.raw / "customer_cdc").mkdir()
+    (lake.raw / "customer_cdc/move-and-delete.ndjson").write_text(
+        "".join(json.dumps(e) + "\n" for e in events) + "null\n")
+
+    report = lakehouse.run(lake.settings)
+
+    # then gold revenue is what the raw files give with the customer in their new nation
+    assert report.ok, report.error
+    assert silver_customer(lake).filter(pl.col("c_custkey") == buyer).height == 0
+    patched = tmp_path / "raw"
+    (patched / "customer").mkdir(parents=True)
+    for source in ("orders", "lineitem", "nation"):
+        (patched / source).symlink_to(lake.raw / source, target_is_directory=True)
+    snapshot.with_columns(
+        pl.when(pl.col("c_custkey") == str(buyer)).then(pl.lit(str(moved["c_nationkey"])))
+        .otherwise(pl.col("c_nationkey")).alias("c_nationkey")
+    ).write_csv(patched / "customer/customer.csv")
+    revenue = pl.read_delta(str(lake.root / "gold/revenue_by_nation_month"))
+    assert_frames_match(revenue, expected(patched, "revenue_by_nation_month"), SORT["revenue_by_nation_month"])
+    with pytest.raises(AssertionError):  # and not in their first one
+        assert_frames_match(revenue, expected(lake.raw, "revenue_by_nation_month"), SORT["revenue_by_nation_month"])
