@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakehouse.storage import Storage
@@ -78,7 +79,7 @@ def write_data_file(
     name = f"{prefix}-{uuid.uuid4().hex}.parquet"
     rel = posixpath.join(sub, name) if sub else name
     buf = io.BytesIO()
-    pq.write_table(data, buf, compression="snappy", row_group_size=256 * 1024)
+    pq.write_table(data, buf, compression="snappy", row_group_size=ROW_GROUP_ROWS)
     payload = buf.getvalue()
     storage.write_bytes_atomic(posixpath.join(table_rel, rel), payload)
     return DataFile(
@@ -91,9 +92,13 @@ def write_data_file(
     )
 
 
+ROW_GROUP_ROWS = 256 * 1024
+
+
 class DataFileWriter:
-    """One Parquet data file written batch by batch (memory: one batch), described like :func:`write_data_file` when
-    closed; readers never see it half written (a temporary name on local disk, an S3 upload completes at close)."""
+    """One Parquet data file written batch by batch (memory: a row group), described like :func:`write_data_file`
+    when closed; readers never see it half written (a temporary name on local disk, an S3 upload completes at close).
+    On S3 an upload cannot be cancelled: :meth:`abort` completes it and deletes the object, which nothing refers to."""
 
     def __init__(self, storage: Storage, table_rel: str, schema: pa.Schema, *,
                  partition_values: dict[str, str | None] | None = None, prefix: str = "part") -> None:
@@ -110,28 +115,51 @@ class DataFileWriter:
         self._stream = self._fs.open_output_stream(self._path)
         self._writer = pq.ParquetWriter(self._stream, schema, compression="snappy")
         self._stats = _Stats()
+        self._buffer: list[pa.Table] = []  # batches written as one row group once they hold ROW_GROUP_ROWS rows
+        self._buffered = 0
+        self._finished = False
         self.rows = 0
 
     def write(self, data: pa.Table) -> None:
-        if data.num_rows:
-            self._writer.write_table(data, row_group_size=256 * 1024)
-            self._stats.update(data)
-            self.rows += data.num_rows
+        if not data.num_rows:
+            return
+        self._stats.update(data)
+        self.rows += data.num_rows
+        self._buffer.append(data)
+        self._buffered += data.num_rows
+        while self._buffered >= ROW_GROUP_ROWS:  # whole row groups out, the rest waits for more
+            buffered = pa.concat_tables(self._buffer)
+            self._writer.write_table(buffered.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+            rest = buffered.slice(ROW_GROUP_ROWS)
+            self._buffer, self._buffered = [rest], rest.num_rows
+
+    def _flush(self) -> None:
+        if self._buffered:
+            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=ROW_GROUP_ROWS)
+        self._buffer, self._buffered = [], 0
 
     def close(self) -> DataFile:
+        self._flush()
         self._writer.close()
         self._stream.close()
         if self._path != self._target:
             self._fs.move(self._path, self._target)
+        self._finished = True
         return DataFile(path=self.rel, size=self._fs.get_file_info(self._target).size, rows=self.rows,
                         partition_values=self.partition_values, stats=self._stats.json(self.rows),
                         modification_time=int(time.time() * 1000))
 
     def abort(self) -> None:
-        """Drop the file: nothing refers to it."""
-        self._writer.close()
-        self._stream.close()
-        self._fs.delete_file(self._path)
+        """Drop the file: nothing refers to it (nothing to do once closed or aborted)."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._writer.close()
+            self._stream.close()
+        finally:
+            if self._fs.get_file_info(self._path).type != pafs.FileType.NotFound:
+                self._fs.delete_file(self._path)
 
 
 def read_data_file(storage: Storage, table_rel: str, file: str, columns: list[str] | None = None) -> pa.Table:
@@ -162,26 +190,24 @@ class _Stats:
         self.mins: dict[str, Any] = {}
         self.maxs: dict[str, Any] = {}
         self.nulls: dict[str, int] = {}
-        self.unbounded: set[str] = set()  # a string longer than _MAX_STAT_STRING was seen: no min/max
 
     def update(self, data: pa.Table) -> None:
         for name, column in zip(data.column_names, data.columns, strict=True):
             self.nulls[name] = self.nulls.get(name, 0) + column.null_count
-            if data.num_rows == column.null_count or not _has_stats(column.type) or name in self.unbounded:
+            if data.num_rows == column.null_count or not _has_stats(column.type):
                 continue
             mm = pc.min_max(column)
             lo, hi = mm["min"].as_py(), mm["max"].as_py()
-            if isinstance(lo, str) and (len(lo) > _MAX_STAT_STRING or len(hi) > _MAX_STAT_STRING):
-                self.unbounded.add(name)
-                self.mins.pop(name, None)
-                self.maxs.pop(name, None)
-                continue
+            if lo != lo or hi != hi:
+                continue  # NaN: min_max skips NaN unless a batch holds nothing else; no bound from it
             self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)
             self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
 
     def json(self, rows: int, *, constant: dict[str, str] | None = None) -> str:
-        mins = {k: _stat_value(v) for k, v in self.mins.items()}
-        maxs = {k: _stat_value(v) for k, v in self.maxs.items()}
+        bounded = [k for k in self.mins if not (isinstance(self.mins[k], str) and (
+            len(self.mins[k]) > _MAX_STAT_STRING or len(self.maxs[k]) > _MAX_STAT_STRING))]
+        mins = {k: _stat_value(self.mins[k]) for k in bounded}
+        maxs = {k: _stat_value(self.maxs[k]) for k in bounded}
         for name, value in (constant or {}).items():
             mins[name] = maxs[name] = value
         return json.dumps({"numRecords": rows, "minValues": mins, "maxValues": maxs, "nullCount": self.nulls})

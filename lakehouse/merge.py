@@ -330,76 +330,80 @@ def _merge_partition(
     matched: list[pl.DataFrame] = []
     # The last rewritten file, left open for the inserts (no extra small file).
     held: DataFileWriter | None = None
+    created: list[DataFileWriter] = []  # every writer opened: those not closed are dropped if the task fails
     first = latest.get_column(keys[0])
-    for f in item["targets"]:
-        if not may_hold(f, first):
-            continue  # no source key in this file's range: not read
-        out.append({"kind": "read", "path": f["path"]})
-        # Streamed a batch at a time and written as it goes, from the first change on (the batches before it are
-        # held, up to HELD_BATCHES, then written anyway; the write is dropped if nothing changed): the task holds a
-        # few batches of the file, whatever its size.
+
+    def rewrite(f: dict[str, Any]) -> DataFileWriter | None:
+        """File ``f`` streamed a batch at a time, written as it goes from its first change on (the batches before it
+        are held, up to HELD_BATCHES, then written anyway): its rewrite, or None when nothing in it changed. The
+        task holds a few batches of the file, whatever its size."""
         writer: DataFileWriter | None = None
         waiting: list[pa.Table] = []
         changes: list[pl.DataFrame] = []
-        rewrite = False
-        try:
-            for batch in iter_data_file(storage, target_rel, f["path"], batch_rows=batch_rows):
-                rows = to_frame(batch).select(data)
-                hits = latest.select(*keys, "__delete").join(rows.select(keys), on=keys, how="semi")
-                if hits.height:
-                    matched.append(hits.select(keys))
-                    deleted = hits.filter(pl.col("__delete")).select(keys)
-                    candidates = upserts.join(hits.filter(~pl.col("__delete")).select(keys), on=keys, how="semi")
-                    before = rows.join(candidates.select(keys), on=keys, how="semi")
-                    changed = _changed(candidates, before, keys, compare, list(spec.order_by))
-                    counts["deleted"] += deleted.height
-                    counts["updated"] += changed.height
-                    counts["unchanged"] += candidates.height - changed.height
-                    if deleted.height or changed.height:
-                        rewrite = True
-                        changes.append(changed.select(data))
-                        rows = rows.join(pl.concat([deleted, changed.select(keys)]), on=keys, how="anti")
-                waiting.append(to_arrow(rows, file_schema))
-                if writer is None and (rewrite or len(waiting) > HELD_BATCHES):
-                    writer = DataFileWriter(storage, target_rel, file_schema,
-                                            partition_values=item["partition_values"], prefix=f"part-{run_id}")
-                if writer is not None:
-                    for table_ in waiting:
-                        writer.write(table_)
-                    waiting.clear()
-            if rewrite:
-                assert writer is not None
-                for part in changes:
-                    writer.write(to_arrow(part, file_schema))
-        except BaseException:
+        for batch in iter_data_file(storage, target_rel, f["path"], batch_rows=batch_rows):
+            rows = to_frame(batch).select(data)
+            hits = latest.select(*keys, "__delete").join(rows.select(keys), on=keys, how="semi")
+            if hits.height:
+                matched.append(hits.select(keys))
+                deleted = hits.filter(pl.col("__delete")).select(keys)
+                candidates = upserts.join(hits.filter(~pl.col("__delete")).select(keys), on=keys, how="semi")
+                before = rows.join(candidates.select(keys), on=keys, how="semi")
+                changed = _changed(candidates, before, keys, compare, list(spec.order_by))
+                counts["deleted"] += deleted.height
+                counts["updated"] += changed.height
+                counts["unchanged"] += candidates.height - changed.height
+                if deleted.height or changed.height:
+                    changes.append(changed.select(data))
+                    rows = rows.join(pl.concat([deleted, changed.select(keys)]), on=keys, how="anti")
+            waiting.append(to_arrow(rows, file_schema))
+            if writer is None and (changes or len(waiting) > HELD_BATCHES):
+                writer = DataFileWriter(storage, target_rel, file_schema, partition_values=item["partition_values"],
+                                        prefix=f"part-{run_id}")
+                created.append(writer)
             if writer is not None:
-                writer.abort()
-            raise
-        if not rewrite:
+                for table_ in waiting:
+                    writer.write(table_)
+                waiting.clear()
+        if not changes:
             if writer is not None:
                 writer.abort()  # every matched row is as it was: the file stays
-            continue
+            return None
         assert writer is not None
-        out.append({"kind": "remove", "path": f["path"]})
+        writer.write(to_arrow(pl.concat(changes, how="vertical_relaxed"), file_schema))
+        return writer
+
+    try:
+        for f in item["targets"]:
+            if not may_hold(f, first):
+                continue  # no source key in this file's range: not read
+            out.append({"kind": "read", "path": f["path"]})
+            writer = rewrite(f)
+            if writer is None:
+                continue
+            out.append({"kind": "remove", "path": f["path"]})
+            if held is not None:
+                out += _closed(held)
+            held = writer
+        known = pl.concat(matched) if matched else latest.select(keys).clear()
+        inserts = upserts.join(known, on=keys, how="anti")
+        counts["inserted"] = inserts.height
+        counts["unmatched_deletes"] = latest.filter(pl.col("__delete")).join(known, on=keys, how="anti").height
+        if held is not None and held.rows + inserts.height <= max_rows:
+            held.write(to_arrow(inserts, file_schema))
+            inserts = inserts.clear()
         if held is not None:
             out += _closed(held)
-        held = writer
-    known = pl.concat(matched) if matched else latest.select(keys).clear()
-    inserts = upserts.join(known, on=keys, how="anti")
-    counts["inserted"] = inserts.height
-    counts["unmatched_deletes"] = latest.filter(pl.col("__delete")).join(known, on=keys, how="anti").height
-    if held is not None and held.rows + inserts.height <= max_rows:
-        held.write(to_arrow(inserts, file_schema))
-        inserts = inserts.clear()
-    if held is not None:
-        out += _closed(held)
+    except BaseException:
+        for writer in created:
+            writer.abort()
+        raise
     out += _written(storage, target_rel, inserts, file_schema, item["partition_values"], run_id, max_rows)
     out.append({"kind": "counts", "info": json.dumps(counts)})
     return pa.Table.from_pylist(out, schema=REPORT)
 
 
-# Rows of a target file handled at a time by a merge task (its files' row groups are 256K rows), and how many batches
-# without a change it holds before writing the file's rewrite anyway.
+# Rows of a target file handled at a time by a merge task (half a row group of the files we write), and how many
+# batches without a change it holds before writing the file's rewrite anyway.
 BATCH_ROWS = 128 * 1024
 HELD_BATCHES = 2
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from lakehouse.files import (
     DataFile,
@@ -110,3 +111,48 @@ def test_write_data_file_writes_parquet_under_the_table_and_describes_it(tmp_pat
     assert read_data_file(storage, "silver/t", written.path).equals(data)
     assert DataFile.from_json(written.to_json()) == written
     assert not [p for p in (tmp_path / "silver/t").rglob("*") if p.name.startswith(".")]
+
+
+def test_a_file_written_batch_by_batch_has_the_stats_and_row_groups_of_one_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from lakehouse import files
+
+    # given batches where a long string, a NaN-only float and an all-null column show up in some batches only
+    batches = [
+        pa.table({"k": [5, 2], "s": ["b", "c"], "x": [float("nan"), float("nan")], "n": pa.array([None, None],
+                                                                                                pa.int64()),
+                  "d": [dt.date(1995, 3, 1), dt.date(1995, 1, 1)]}),
+        pa.table({"k": [9, 1], "s": ["a", "z" * 70], "x": [1.5, float("nan")], "n": pa.array([None, 4], pa.int64()),
+                  "d": [dt.date(1996, 1, 1), None]}),
+        pa.table({"k": [3], "s": ["d"], "x": [-2.0], "n": pa.array([1], pa.int64()), "d": [dt.date(1990, 5, 5)]}),
+    ]
+    whole = pa.concat_tables(batches)
+    monkeypatch.setattr(files, "ROW_GROUP_ROWS", 3)
+
+    # when written batch by batch
+    writer = files.DataFileWriter(Storage(str(tmp_path)), "silver/t", whole.schema, prefix="w")
+    for batch in batches:
+        writer.write(batch)
+    written = writer.close()
+
+    # then the stats are those of the whole table (min/max skip NaN; a long string leaves the column without bounds),
+    # batches are gathered into row groups of ROW_GROUP_ROWS, and no temporary file is left
+    expected = json.loads(delta_stats(whole))
+    assert json.loads(written.stats) == expected
+    assert expected["minValues"] == {"k": 1, "x": -2.0, "n": 1, "d": "1990-05-05"}
+    path = tmp_path / "silver/t" / written.path
+    assert pl.from_arrow(pq.read_table(path)).equals(pl.from_arrow(whole))  # type: ignore[union-attr]
+    metadata = pq.ParquetFile(path).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [3, 2]
+    assert sorted(p.name for p in (tmp_path / "silver/t").iterdir()) == [written.path]
+
+    # and an aborted writer leaves nothing, and aborting a closed one does nothing
+    dropped = files.DataFileWriter(Storage(str(tmp_path)), "silver/t", whole.schema, prefix="w")
+    dropped.write(batches[0])
+    dropped.abort()
+    writer.abort()
+    assert sorted(p.name for p in (tmp_path / "silver/t").iterdir()) == [written.path]
