@@ -106,7 +106,6 @@ class DataFileWriter:
         sub = partition_dir(self.partition_values)
         name = f"{prefix}-{uuid.uuid4().hex}.parquet"
         self.rel = posixpath.join(sub, name) if sub else name
-        self._storage = storage
         self._fs = storage.filesystem()
         self._target = storage.fs_path(posixpath.join(table_rel, self.rel))
         self._path = self._target if storage.is_s3 else posixpath.join(

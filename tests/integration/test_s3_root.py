@@ -41,3 +41,34 @@ def test_pipeline_on_s3_matches_the_oracle_and_reruns_as_a_no_op(
     # and: a rerun with nothing new commits nothing
     again = run(settings)
     assert [r.status for r in again.results] == ["skipped"] * len(again.results)
+
+
+def test_a_streamed_merge_on_s3_equals_the_oracle_and_leaves_no_stray_object(
+    ray_session: None, s3_options: dict[str, str]
+) -> None:
+    from lakehouse import table
+    from tests.integration.test_merge import REF, make_target, oracle, run_merge, source_rows, target_rows
+
+    # given a partitioned table of 10-row files on S3
+    storage = Storage.from_settings(Settings(root="s3://lake/merge", storage_options=s3_options))
+    make_target(storage, target_rows(list(range(120))), files_per_month=4)
+
+    def rows() -> pl.DataFrame:
+        return pl.read_delta("s3://lake/merge/silver/t", storage_options=s3_options).select("k", "v", "s").sort("k")
+
+    before = rows()
+    source = source_rows([(3, 9.0, "a", 0, False), (34, 1.0, "a", 0, False), (7, 0.0, "x", 0, True),
+                          (1000, 5.0, "z", 0, False)])
+
+    # when merged streaming 2 rows at a time (the unchanged file's rewrite is begun, then dropped)
+    result = run_merge(storage, source, batch_rows=2)
+
+    # then the table is the oracle's, and the bucket holds only files the log has referenced
+    assert rows().equals(oracle(before, source))
+    assert (result.files_read, result.files_rewritten) == (3, 2)
+    log = table.snapshot(storage, REF)
+    assert log.version is not None
+    referenced = {f.path for v in range(log.version + 1) for f in table.snapshot(storage, REF, version=v).files}
+    stored = {e.path.removeprefix("silver/t/") for e in storage.list_files("silver/t")} - {
+        e.path.removeprefix("silver/t/") for e in storage.list_files("silver/t/_delta_log")}
+    assert stored == referenced
