@@ -23,7 +23,6 @@ from prefect.states import State
 import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
 from lakehouse.engine import ray_session  # Ray itself is imported only when a stage first needs it
-from lakehouse.query import query as run_query
 
 SUMMARY_KEY = "medallion-run-summary"
 QUALITY_KEY = "medallion-quality-report"
@@ -226,8 +225,10 @@ def _quarantine_sample(ctx: RunContext, table: str, limit: int = 5) -> list[str]
     """Up to ``limit`` of the rows this run quarantined for ``table``, as a markdown table."""
     sql = (f"SELECT stage, \"check\", \"column\", value, _source_file, _source_line FROM quarantine.{table} "
            f"WHERE _run_id = '{ctx.run_id}' ORDER BY _source_file, _source_line LIMIT {limit}")
+    from lakehouse.query import query  # DuckDB, loaded only when a run quarantined rows
+
     try:
-        rows = run_query(ctx.storage, sql).to_pylist()
+        rows = query(ctx.storage, sql).to_pylist()
     except LakehouseError:
         return []
     out = [f"Sample of quarantine.{table}:", "", "| stage | check | column | value | file | line |",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import gzip
 import io
 import json
 import logging
 import posixpath
 import zlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pyarrow as pa
@@ -310,10 +311,9 @@ def _read_landed(
         raise SourceFileError("empty file", path=path, source=source)
     if fmt != "parquet":
         _check_text(raw, path)
-    if fmt == "json":
-        rows, lines, bad = _read_json(raw, path, tombstones=tombstones)
-    else:
-        rows, lines, bad = {"csv": _read_csv, "parquet": _read_parquet}[fmt](raw, path)
+    readers: dict[str, Callable[[bytes, str], tuple[pa.Table, list[int], list[Bad]]]] = {
+        "csv": _read_csv, "json": functools.partial(_read_json, tombstones=tombstones), "parquet": _read_parquet}
+    rows, lines, bad = readers[fmt](raw, path)
     if rows.num_rows == 0 and not bad:
         raise SourceFileError("no data rows (only a header)" if fmt == "csv" else "no data rows", path=path)
     return rows, lines, bad

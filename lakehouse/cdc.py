@@ -384,17 +384,9 @@ def _parse_file(
     failing = rejected.filter(pl.col("action") == "fail")
     if failing.height:  # a model rule whose action is fail: the run stops, naming the event
         raise silver.row_failure(str(silver.ref(spec.name)), raw, failing)
-    if rejected.height:
-        lines = raw.with_row_index(ROW_ID).join(rejected, on=ROW_ID)
-        envelope = [c for c in raw.columns if not c.startswith("_")]
-        q = quarantine.records(
-            stage="silver", checks=lines.get_column("check").to_list(), columns=lines.get_column("column").to_list(),
-            values=lines.get_column("value").to_list(), failures=lines.get_column("failures").to_list(),
-            rows=[json.dumps(r) for r in lines.select(envelope).iter_rows(named=True)],
-            source_files=lines.get_column("_source_file").to_list(),
-            source_lines=lines.get_column("_source_line").to_list(), run_id=run_id,
-        )
-        qfile = quarantine.write(storage, source, q, stage="silver", source_file=lines.get_column("_source_file")[0],
+    if rejected.height:  # the envelope as landed, with the reason
+        q = silver.rejected_records(raw, rejected, run_id)
+        qfile = quarantine.write(storage, source, q, stage="silver", source_file=q.column("_source_file")[0].as_py(),
                                  run_id=run_id)
         out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows})
     if events.height:

@@ -93,7 +93,7 @@ def merge(
     app_transactions: Mapping[str, int] | None = None,
     metadata: Mapping[str, Any] | None = None,
     group_rows: int | None = None,
-    batch_rows: int = 0,
+    batch_rows: int | None = None,
 ) -> MergeResult:
     """Merge the staged ``source`` files (under ``source_rel``) into ``target`` in one commit; see the module doc.
 
@@ -154,17 +154,18 @@ def execute(
     run_id: str,
     max_rows: int,
     group_rows: int | None = None,
-    batch_rows: int = 0,
+    batch_rows: int | None = None,
 ) -> MergeResult:
     """Plan and run the merge on the workers; nothing is committed (the new files are written, unreferenced).
-    ``batch_rows``: rows of a target file handled at a time (0: BATCH_ROWS)."""
+    ``group_rows`` and ``batch_rows`` (None: GROUP_ROWS, BATCH_ROWS): see :func:`plan` and the module doc."""
     groups = plan(target, source, spec, group_rows=GROUP_ROWS if group_rows is None else group_rows)
     partitions = {json.dumps(g["partition_values"], sort_keys=True) for g in groups}
     result = MergeResult(version=target.version, partitions=len(partitions), tasks=len(groups))
     if not groups:
         return result
     kwargs = {"storage": storage, "target_rel": target.ref.rel, "source_rel": source_rel, "spec": spec,
-              "schema": schema, "run_id": run_id, "max_rows": max_rows, "batch_rows": batch_rows or BATCH_ROWS}
+              "schema": schema, "run_id": run_id, "max_rows": max_rows,
+              "batch_rows": BATCH_ROWS if batch_rows is None else batch_rows}
     report = engine.collect(engine.run_tasks(groups, _merge_partition, fn_kwargs=kwargs))
     removed = {r["path"] for r in report if r["kind"] == "remove"}
     result.adds = [DataFile.from_json(r["file"]) for r in report if r["kind"] == "add"]
@@ -246,7 +247,7 @@ def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec, *, group_row
 def _key_ranges(files: list[TableFile], key: str, group_rows: int) -> list[tuple[Any, Any, list[TableFile]]]:
     """The files split into tasks ``(key_from, key_to, files)``: ranges [key_from, key_to) that cover every key (None:
     unbounded), each holding whole groups of files with overlapping key ranges, about ``group_rows`` rows a task."""
-    bounds = [(_stat(f.mins.get(key)), _stat(f.maxs.get(key))) for f in files]
+    bounds = [_bounds(f, key) for f in files]
     if sum(f.rows for f in files) <= group_rows or any(None in b for b in bounds):
         return [(None, None, files)]  # small enough, or a file without statistics may hold any key
     overlapping: list[tuple[Any, Any, list[TableFile]]] = []  # (low, high, files), disjoint, in key order
@@ -268,7 +269,8 @@ def _key_ranges(files: list[TableFile], key: str, group_rows: int) -> list[tuple
 
 def ranged_item(f: TableFile, key: str) -> dict[str, Any]:
     """A file's task item with the range of its ``key`` column (``low``, ``high``), for :func:`may_hold`."""
-    return f.item() | {"low": _stat(f.mins.get(key)), "high": _stat(f.maxs.get(key))}
+    low, high = _bounds(f, key)
+    return f.item() | {"low": low, "high": high}
 
 
 def may_hold(item: dict[str, Any], keys: pl.Series) -> bool:
@@ -290,9 +292,14 @@ def _stat(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.date) else value
 
 
+def _bounds(f: TableFile, key: str) -> tuple[Any, Any]:
+    """The file's min and max of ``key`` from the log (None when unknown), in :func:`_stat` form."""
+    return _stat(f.mins.get(key)), _stat(f.maxs.get(key))
+
+
 def _overlaps(f: TableFile, key: str, low: Any, high: Any) -> bool:
     """Can file ``f`` hold a key in [low, high]? Unknown statistics mean it can."""
-    f_low, f_high = _stat(f.mins.get(key)), _stat(f.maxs.get(key))
+    f_low, f_high = _bounds(f, key)
     if None in (low, high, f_low, f_high):
         return True
     return bool(f_low <= high and low <= f_high)

@@ -156,7 +156,7 @@ def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months:
     month, ``YYYY-MM``) is instead, per batch of ``batch_months`` months, the month-partitioned silver tables and then
     gold."""
     spec = pipeline(ctx.settings.pipeline)
-    check_names(ctx.settings, spec)
+    check_settings(ctx.settings, spec)
     if backfill is None:
         return [
             *(Stage("bronze", s, ctx) for s in spec.sources),
@@ -174,7 +174,7 @@ def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months:
     return stages
 
 
-def check_names(settings: Settings, spec: Pipeline) -> None:
+def check_settings(settings: Settings, spec: Pipeline) -> None:
     """Per-table and per-source settings must name tables and sources of the pipeline (or ``*``): a misspelt name
     would otherwise be a gate silently not applied."""
     tables = {s.name for s in spec.silver} | {"*"}
@@ -237,7 +237,7 @@ def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunR
     into silver (the rest stay), then bring gold up to date with the change."""
     ctx = RunContext.start(settings, run_id=run_id)
     spec = pipeline(settings.pipeline)
-    check_names(settings, spec)
+    check_settings(settings, spec)
     if table not in {s.name for s in spec.silver}:
         known = ", ".join(s.name for s in spec.silver)
         raise ConfigError(f"no silver table {table!r} in pipeline {spec.name} (known: {known})")

@@ -371,7 +371,8 @@ def _gate_checks(
     for column, (parent, key) in gate.references.items():
         found = _orphans(ctx, new_rows, staging, column, ref(parent), key)
         out.append(checks.references(gate, column, parent, key, found))
-    kept = [f for f in base.files if f.path not in {r.path for r in replaced}]
+    gone = {r.path for r in replaced}
+    kept = [f for f in base.files if f.path not in gone]
     if gate.freshness_days is not None and spec.partition and batch:  # a backfill rebuilds the past on purpose
         out.append(_freshness(ctx, spec, gate, kept, adds))
     if gate.drift and spec.partition:
@@ -672,7 +673,7 @@ def _replay_file(
     split = split_valid(raw, spec.model, _late_check(spec, cutoff, None))
     if split.failing.height:
         raise row_failure(str(ref(spec.name)), raw, split.failing)
-    fresh = _rejected_records(raw, split.rejected, run_id) if split.rejected.height else None
+    fresh = rejected_records(raw, split.rejected, run_id) if split.rejected.height else None
     before = retry.select(*lineage, "check").sort(lineage)
     after = to_frame(fresh).select(*lineage, "check").sort(lineage) if fresh is not None else before.clear()
     if not split.valid.height and before.equals(after):
@@ -810,12 +811,12 @@ def _profile_month(item: dict[str, Any], *, storage: Storage, rel: str, measures
 def _write_rejected(
     storage: Storage, spec: SilverSpec, raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str
 ) -> DataFile:
-    q = _rejected_records(raw, rejected, run_id)
+    q = rejected_records(raw, rejected, run_id)
     landed = q.column("_source_file")[0].as_py()
     return quarantine.write(storage, spec.name, q, stage="silver", source_file=landed, run_id=run_id)
 
 
-def _rejected_records(raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str) -> pa.Table:
+def rejected_records(raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str) -> pa.Table:
     """Quarantine records (``quarantine.SCHEMA``) of the rejected rows of ``raw``."""
     data_columns = [c for c in raw.columns if not c.startswith("_")]
     rows = raw.with_row_index(ROW_ID).join(rejected.with_columns(pl.col(ROW_ID).cast(pl.UInt32)), on=ROW_ID)

@@ -18,6 +18,7 @@ import pytest
 from deltalake import DeltaTable
 
 import lakehouse
+from lakehouse.cdc import SNAPSHOT_LSN
 from lakehouse.demo import cdc_event_files
 from tests.conftest import Lake
 from tests.harness import versions
@@ -92,8 +93,8 @@ def test_events_applied_in_one_run_equal_sequential_application_and_a_rerun_chan
     # no version ends before it starts (snapshot versions are valid from an unknown time: null)
     rows = history(lake)
     assert rows.filter(pl.col("valid_to") < pl.col("valid_from")).height == 0
-    assert rows.filter(pl.col("_lsn") == -1).get_column("valid_from").null_count() == rows.filter(
-        pl.col("_lsn") == -1).height
+    snapshot_rows = rows.filter(pl.col("_lsn") == SNAPSHOT_LSN)
+    assert snapshot_rows.height > 0 and snapshot_rows.get_column("valid_from").null_count() == snapshot_rows.height
     before = versions(lake.root)
     assert lakehouse.run(lake.settings).ok
     assert versions(lake.root) == before
@@ -182,7 +183,7 @@ def test_a_full_refresh_rebuilds_the_same_state_and_history(lake_copy: Callable[
     columns = [*COMPARED, "is_current", "is_deleted", "_lsn", "_end_lsn", "_end_op"]
     before = history(lake).filter(pl.col("_lsn") >= 0).select(columns).sort("c_custkey", "_lsn")
 
-    assert lakehouse.run(dataclasses.replace(lake.settings), full_refresh=True).ok
+    assert lakehouse.run(lake.settings, full_refresh=True).ok
 
     assert silver_customer(lake).equals(oracle(lake, paths))
     assert history(lake).filter(pl.col("_lsn") >= 0).select(columns).sort("c_custkey", "_lsn").equals(before)
@@ -219,7 +220,7 @@ def test_a_full_refresh_that_fails_before_the_changes_are_applied_again_loses_no
     monkeypatch.setenv("LAKEHOUSE_FAILPOINTS", "silver.customer_history:before_commit=raise")
     assert not lakehouse.run(lake.settings, full_refresh=True).ok
     monkeypatch.delenv("LAKEHOUSE_FAILPOINTS")
-    assert not silver_customer(lake).equals(oracle(lake, paths))  # the snapshot alone, for now
+    assert silver_customer(lake).equals(oracle(lake, []))  # the snapshot alone, for now
 
     # when a normal run follows
     assert lakehouse.run(lake.settings).ok
@@ -282,7 +283,7 @@ def test_a_deleted_customer_s_revenue_counts_under_the_nation_of_their_last_vers
         pl.when(pl.col("c_custkey") == str(buyer)).then(pl.lit(str(moved["c_nationkey"])))
         .otherwise(pl.col("c_nationkey")).alias("c_nationkey")
     ).write_csv(patched / "customer/customer.csv")
+    moved_away = expected(patched, "revenue_by_nation_month")
+    assert not moved_away.equals(expected(lake.raw, "revenue_by_nation_month"))  # (the move changes the figures)
     revenue = pl.read_delta(str(lake.root / "gold/revenue_by_nation_month"))
-    assert_frames_match(revenue, expected(patched, "revenue_by_nation_month"), SORT["revenue_by_nation_month"])
-    with pytest.raises(AssertionError):  # and not in their first one
-        assert_frames_match(revenue, expected(lake.raw, "revenue_by_nation_month"), SORT["revenue_by_nation_month"])
+    assert_frames_match(revenue, moved_away, SORT["revenue_by_nation_month"])

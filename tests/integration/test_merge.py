@@ -62,7 +62,7 @@ def stage(storage: Storage, rows: pl.DataFrame) -> tuple[str, list[DataFile]]:
     return rel, files
 
 
-def run_merge(storage: Storage, rows: pl.DataFrame, group_rows: int | None = None, batch_rows: int = 0
+def run_merge(storage: Storage, rows: pl.DataFrame, group_rows: int | None = None, batch_rows: int | None = None
               ) -> MergeResult:
     rel, files = stage(storage, rows)
     return merge(storage, table.snapshot(storage, REF), files, rel, SPEC, SCHEMA, run_id=f"r{next(_ids)}",
@@ -103,10 +103,10 @@ row = st.tuples(st.integers(0, 24), st.sampled_from([0.0, 1.0, 2.5]), st.sampled
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                 HealthCheck.function_scoped_fixture])
 @given(target_keys=st.sets(st.integers(0, 39), min_size=1, max_size=40), rows=st.lists(row, min_size=1, max_size=25),
-       split=st.booleans(), batch_rows=st.sampled_from([0, 1, 2]))
+       split=st.booleans(), batch_rows=st.sampled_from([None, 1, 2]))
 def test_property_a_merge_equals_the_oracle_and_its_rerun_commits_nothing(
     ray_session: None, tmp_path_factory: pytest.TempPathFactory, target_keys: set[int],
-    rows: list[tuple[int, float, str | None, int, bool]], split: bool, batch_rows: int,
+    rows: list[tuple[int, float, str | None, int, bool]], split: bool, batch_rows: int | None,
 ) -> None:
     root = tmp_path_factory.mktemp("merge")
     storage = Storage(str(root))
@@ -115,7 +115,7 @@ def test_property_a_merge_equals_the_oracle_and_its_rerun_commits_nothing(
     source = source_rows(rows)
 
     # split: every partition with several files is merged by one task per file's key range; batch_rows: files are
-    # streamed in batches of 1 or 2 rows (0: the default, one batch here), written from the first change on
+    # streamed in batches of 1 or 2 rows (None: the default, one batch here), written from the first change on
     result = run_merge(storage, source, group_rows=1 if split else None, batch_rows=batch_rows)
 
     assert read_target(root).equals(oracle(before, source))

@@ -108,7 +108,7 @@ def test_drift_against_the_previous_month_is_reported_naming_month_and_column(la
     # 200 orders against the month before's: the row count is within 50%
     august = pl.read_delta(str(lake.root / "silver/orders")).filter(
         pl.col("o_orderdate").dt.strftime("%Y-%m") == "1992-08").height
-    assert found["drift_rows"]["passed"] == (abs(200 - august) / august <= 0.5)
+    assert 200 / 1.5 <= august <= 200 / 0.5 and found["drift_rows"]["passed"]
     assert f"1992-09 vs 1992-08: 200 rows, was {august}" in found["drift_rows"]["message"]
 
 
@@ -264,8 +264,8 @@ def test_an_ingest_lag_gate_that_fails_still_ingests(lake_copy: Callable[[], Lak
     assert pl.read_delta(str(lake.root / "silver/orders")).get_column("o_orderkey").is_in([9800001]).any()
 
 
-def test_settings_naming_an_unknown_table_are_refused(lake_copy: Callable[[], Lake]) -> None:
-    lake = lake_copy()
+def test_settings_naming_an_unknown_table_are_refused(tpch_lake: Lake) -> None:
+    lake = tpch_lake  # refused while planning: nothing is written
     with pytest.raises(ConfigError, match="setting freshness_days names 'order', which is not a table"):
         lakehouse.run(dataclasses.replace(lake.settings, freshness_days={"order": 1}))
     with pytest.raises(ConfigError, match=r"check_actions: cannot apply 'orders\.fresh'"):
