@@ -212,7 +212,7 @@ def quality_report(ctx: RunContext, results: list[StageResult]) -> str:
         lines += [f"| {r.table} | {r.rows_in} | {r.rows_quarantined} | {r.files_rejected} |" for r in held]
         lines.append("")
         # bronze.orders and silver.orders quarantine into one table, quarantine.orders
-        for name in dict.fromkeys(r.table.split(".", 1)[1] for r in held if r.rows_quarantined):
+        for name in dict.fromkeys(r.quarantine_name for r in held if r.rows_quarantined):
             lines += _quarantine_sample(ctx, name)
         lines += ["Rows: `lakehouse query \"SELECT * FROM quarantine.<table> WHERE _run_id = "
                   f"'{ctx.run_id}'\"`; files: `_meta.rejected_files`."]

@@ -257,7 +257,7 @@ def history_schema(spec: Any) -> pa.Schema:
 def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
     """Apply the change events landed since the last run to ``silver.<history>`` and ``silver.<name>``, one commit
     each (history first: the current state is read back from it), each carrying the bronze version it applied."""
-    result = StageResult(table=str(silver.ref(cdc.history)))
+    result = StageResult(table=str(silver.ref(cdc.history)), quarantined_into=cdc.source)
     storage = ctx.storage
     source = table.snapshot(storage, bronze.ref(cdc.source))
     target = table.snapshot(storage, silver.ref(cdc.name))

@@ -81,6 +81,13 @@ class StageResult:
     inputs: dict[str, int] = field(default_factory=dict)
     # The quality checks evaluated for this table in this run (lakehouse.checks.CheckResult), recorded in _meta.checks.
     checks: list[Any] = field(default_factory=list)
+    # Where this stage's rejected rows go, quarantine.<name>, when not the table's own name (a change stage's go to its
+    # source's: silver.customer_history -> quarantine.customer_cdc).
+    quarantined_into: str = ""
+
+    @property
+    def quarantine_name(self) -> str:
+        return self.quarantined_into or self.table.split(".", 1)[1]
 
     def finish(self, status: Status, message: str = "") -> StageResult:
         self.status = status

@@ -159,6 +159,25 @@ def test_malformed_events_are_quarantined_with_the_reason(lake_copy: Callable[[]
     assert silver_customer(lake).filter(pl.col("c_custkey") == 990001).height == 1
 
 
+def test_the_quality_report_samples_the_events_the_change_stage_quarantined(lake_copy: Callable[[], Lake]) -> None:
+    from flows.medallion import quality_report
+    from lakehouse import RunContext
+
+    # given only events that parse as JSON but are malformed envelopes (quarantined by the change stage, not bronze)
+    lake = lake_copy()
+    (lake.raw / "customer_cdc").mkdir()
+    (lake.raw / "customer_cdc/bad.ndjson").write_text(json.dumps({"op": "z", "source": {"lsn": 1, "ts_ms": 1}}) + "\n")
+
+    report = lakehouse.run(lake.settings)
+
+    # then the report shows the row from quarantine.customer_cdc, where the stage put it
+    assert report.ok, report.error
+    assert report.result("silver.customer_history").rows_quarantined == 1
+    markdown = quality_report(RunContext.start(lake.settings, run_id=report.run_id), report.results)
+    assert "Sample of quarantine.customer_cdc:" in markdown
+    assert "| silver | unknown_op | op | z | raw/customer_cdc/bad.ndjson | 1 |" in markdown
+
+
 def test_a_crash_between_the_history_and_the_current_commit_recovers_without_applying_twice(
     lake_copy: Callable[[], Lake], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
