@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet --upgrade pip
 	@# constraints.txt pins the set verified together: without it pip's resolver backtracks through botocore
 	@# releases for more than ten minutes on a fresh machine.
-	$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt -e ".[demo,test]"
 	touch $@
 
 # Re-pin after changing dependencies in pyproject.toml (then commit constraints.txt).
 constraints:
-	$(BIN)/python -m pip install --disable-pip-version-check --upgrade -e ".[test]"
+	$(BIN)/python -m pip install --disable-pip-version-check --upgrade -e ".[demo,test]"
 	{ head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 

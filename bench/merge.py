@@ -106,15 +106,15 @@ def _stage_month(item: dict, *, storage: object, path: str, schema: object) -> o
 
 def lakehouse_arm(root: Path, staged: list) -> object:  # type: ignore[type-arg]
     """Plan from the log, merge on Ray workers, commit once."""
+    from examples.tpch.pipeline import PIPELINE
     from lakehouse import silver, table
     from lakehouse.merge import MergeSpec, merge
     from lakehouse.storage import Storage
-    from lakehouse.tpch import PIPELINE
 
     storage = Storage(str(root))
     target = table.snapshot(storage, silver.ref("lineitem"))
     assert target.schema is not None
-    spec = MergeSpec(keys=PIPELINE.silver_spec("lineitem").keys, partition="ship_month")
+    spec = MergeSpec(keys=tuple(PIPELINE.silver_spec("lineitem").keys), partition="ship_month")
     return merge(storage, target, staged, "_staging/bench/merge", spec, target.schema, run_id="bench",
                  max_rows=1_000_000)
 

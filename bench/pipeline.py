@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--only-lakehouse", action="store_true",
                    help="build the lake without the baselines (bench/merge.py at scale factors Polars cannot hold)")
     args = p.parse_args()
-    from lakehouse.demo import generate
+    from examples.tpch.demo import generate
     from lakehouse.storage import Storage
 
     work = Path(args.workdir) / f"sf{args.scale_factor:g}"

@@ -28,6 +28,7 @@ from lakehouse import checks, engine, quarantine, rejected_files, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import SchemaMismatch, SourceFileError
 from lakehouse.files import DataFile, write_data_file
+from lakehouse.spec import Source
 from lakehouse.storage import Storage
 from lakehouse.table import TableRef
 
@@ -41,6 +42,7 @@ LINEAGE = pa.schema(
 )
 log = logging.getLogger("lakehouse")
 FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json", ".parquet": "parquet"}
+DECLARED = {"csv": "csv", "ndjson": "json", "parquet": "parquet"}  # a Source's format -> the reader
 COMPRESSED = ".gz"  # text formats may come gzipped: part-0.csv.gz
 META = pa.schema(
     [
@@ -71,31 +73,37 @@ def file_format(path: str) -> str | None:
 
 
 def pending_files(
-    storage: Storage, snap: table.Snapshot, rejected: Collection[tuple[str, int, int]] = ()
+    storage: Storage, snap: table.Snapshot, rejected: Collection[tuple[str, int, int]] = (), *,
+    source: Source | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Landed files of the bronze table's source not in ``snap`` yet and not rejected as they are now (same size
     and modification time), by path (the order they are read and ranked in), and the landed files skipped because
-    their extension names no format we read."""
-    source = snap.ref.name
+    their extension names no format we read (a source that declares its format reads every file as that)."""
+    source = source or Source(snap.ref.name)
     done = {f.mins.get("_source_file") for f in snap.files}
-    landed = sorted(storage.list_files(f"raw/{source}"), key=lambda f: f.path)
+    landed = sorted(storage.list_files(source.raw_dir), key=lambda f: f.path)
+
+    def fmt(path: str) -> str | None:
+        return DECLARED[source.format] if source.format else file_format(path)
+
     pending = [
-        {"path": f.path, "size": f.size, "mtime_ms": f.mtime_ms, "format": file_format(f.path)}
+        {"path": f.path, "size": f.size, "mtime_ms": f.mtime_ms, "format": fmt(f.path)}
         for f in landed
-        if f.path not in done and file_format(f.path) is not None and (f.path, f.size, f.mtime_ms) not in rejected
+        if f.path not in done and fmt(f.path) is not None and (f.path, f.size, f.mtime_ms) not in rejected
     ]
-    return pending, [f.path for f in landed if file_format(f.path) is None]
+    return pending, [f.path for f in landed if fmt(f.path) is None]
 
 
-def ingest(ctx: RunContext, source: str, required: Collection[str] = (), *, tombstones: bool = False) -> StageResult:
-    """Ingest every pending landed file of ``source`` into ``bronze.<source>`` in one commit. ``required`` are the
-    columns the silver models built from it need (a file without one cannot go further). ``tombstones``: the source
-    is change events, where a ``null`` JSON line (Kafka's tombstone after a delete) is no record rather than a
-    malformed one."""
+def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = ()) -> StageResult:
+    """Ingest every pending landed file of source ``declared`` into ``bronze.<name>`` in one commit. ``required`` are
+    the columns the silver models built from it need (a file without one cannot go further). In a change-event source
+    a ``null`` JSON line (Kafka's tombstone after a delete) is no record rather than a malformed one."""
+    declared = Source(declared) if isinstance(declared, str) else declared
+    source, tombstones = declared.name, declared.changes
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
-    pending, unknown = pending_files(storage, base, rejected_files.known(storage, source))
+    pending, unknown = pending_files(storage, base, rejected_files.known(storage, source), source=declared)
     ingested = len({f.mins.get("_source_file") for f in base.files})
     result.inputs = {f"raw.{source}": ingested}
     result.version = base.version

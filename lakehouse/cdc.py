@@ -27,7 +27,9 @@ from lakehouse import bronze, engine, merge, quarantine, silver, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.files import DataFile, write_data_file
 from lakehouse.frames import read_files, to_arrow, write_frame
-from lakehouse.spec import CdcSpec, SilverSpec
+from lakehouse.spec import Cdc as CdcSpec
+from lakehouse.spec import Silver as SilverSpec
+from lakehouse.spec import Source
 from lakehouse.storage import Storage
 from lakehouse.validation import ROW_ID, cast_text, model_dtypes, split_valid
 
@@ -254,7 +256,7 @@ def history_schema(spec: Any) -> pa.Schema:
     return pa.schema(fields)
 
 
-def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
+def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec, declared: Source | None = None) -> StageResult:
     """Apply the change events landed since the last run to ``silver.<history>`` and ``silver.<name>``, one commit
     each (history first: the current state is read back from it), each carrying the bronze version it applied."""
     result = StageResult(table=str(silver.ref(cdc.history)), quarantined_into=cdc.source)
@@ -278,7 +280,7 @@ def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
     done_history = not rebuild and in_history is not None and in_history >= source.version
     current_mark = max(-1 if applied is None else applied, -1 if unchanged is None else unchanged)
     done_current = not rebuild and current_mark >= source.version
-    pending, _ = bronze.pending_files(storage, source)
+    pending, _ = bronze.pending_files(storage, source, source=declared)
     result.files_pending = len(pending)
     if done_history and done_current:
         result.lag_seconds = _lag(history, ctx)
@@ -312,7 +314,7 @@ def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec) -> StageResult:
             staged = engine.collect(engine.run_tasks([item], _current_rows, fn_kwargs=kwargs))
             merged = merge.merge(
                 storage, target, [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "current"], staging,
-                merge.MergeSpec(keys=spec.keys, delete_column="__delete"), target.schema, run_id=ctx.run_id,
+                merge.MergeSpec(keys=tuple(spec.keys), delete_column="__delete"), target.schema, run_id=ctx.run_id,
                 max_rows=ctx.settings.target_file_rows, app_transactions={app: source.version}, metadata=info,
             )
             result.rows_written = merged.counts["inserted"] + merged.counts["updated"]
@@ -380,7 +382,7 @@ def _parse_file(
 ) -> pa.Table:
     raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height}]
-    events, rejected = parse_events(raw, spec.model, spec.keys)
+    events, rejected = parse_events(raw, spec.model, tuple(spec.keys))
     failing = rejected.filter(pl.col("action") == "fail")
     if failing.height:  # a model rule whose action is fail: the run stops, naming the event
         raise silver.row_failure(str(silver.ref(spec.name)), raw, failing)
@@ -466,7 +468,7 @@ def _rebuild_history(
 
 def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: SilverSpec, columns: list[str]) -> pl.DataFrame:
     events = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP))
-    return chains(existing, events.select(*columns, *EVENT), spec.keys, columns)
+    return chains(existing, events.select(*columns, *EVENT), tuple(spec.keys), columns)
 
 
 def _current_rows(
@@ -484,7 +486,7 @@ def _current_rows(
              for f in item["history"] if merge.may_hold(f, first)]
     history = history_schema(spec)
     versions = pl.concat(found, how="vertical_relaxed") if found else pl.DataFrame(schema=_polars(history))
-    rows = current(versions, touched, spec.keys)
+    rows = current(versions, touched, tuple(spec.keys))
     full = pa.schema([*target_schema, pa.field("__delete", pa.bool_())])
     rows = rows.with_columns(pl.lit(None).alias(n) for n in full.names if n not in rows.columns)
     f = write_data_file(storage, staging, to_arrow(rows.select(full.names), full), prefix="current")

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import inspect
 import logging
 import sys
 import time
+from typing import Any
 
-from lakehouse import demo, maintenance, query, runner
-from lakehouse.errors import LakehouseError
-from lakehouse.settings import settings_from_env
+from lakehouse import maintenance, query, runner
+from lakehouse.errors import ConfigError, LakehouseError
+from lakehouse.settings import Settings, settings_from_env
 from lakehouse.storage import Storage
+
+PIPELINE_HELP = "a pipeline name, module:attr or path/to/pipeline.py (default: tpch)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="process everything landed and not yet processed: bronze → silver → gold")
     run.add_argument("--root", help="local path or s3://bucket/prefix (default: $LAKEHOUSE_ROOT or lakehouse-data)")
-    run.add_argument("--pipeline", default="tpch")
+    run.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
     run.add_argument("--full-refresh", action="store_true", help="rebuild silver and gold from bronze")
     run.add_argument("--logical-date", type=_date, default=None, metavar="YYYY-MM-DD",
                      help="the date the run is for; freshness checks measure against it (default today)")
@@ -48,11 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--to", dest="last", required=True, metavar="YYYY-MM", help="last month rebuilt")
     bf.add_argument("--batch-months", type=int, default=12, help="months per commit (default 12)")
     bf.add_argument("--root")
-    bf.add_argument("--pipeline", default="tpch")
+    bf.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
     bf.set_defaults(func=_backfill)
 
-    data = sub.add_parser("demo-data", help="generate TPC-H with tpchgen-cli and land it under ROOT/raw")
+    data = sub.add_parser("demo-data", help="land the pipeline's demo data under ROOT/raw (TPC-H: tpchgen-cli)")
     data.add_argument("--root")
+    data.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
     data.add_argument("--scale-factor", type=float, default=0.1)
     data.add_argument("--seed", type=int, default=0, help="shuffles row order inside landed files")
     data.add_argument("--parts-per-month", type=int, default=1)
@@ -81,20 +87,26 @@ def _parser() -> argparse.ArgumentParser:
                                         "those that pass into silver, then update gold")
     rp.add_argument("--table", required=True, help="silver table, e.g. orders")
     rp.add_argument("--root")
-    rp.add_argument("--pipeline", default="tpch")
+    rp.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
     rp.set_defaults(func=_replay)
     return p
 
 
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    if getattr(args, "pipeline", None):
+        overrides["pipeline"] = args.pipeline
+    return settings_from_env(args.root, **overrides)
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = {"bad_files": args.bad_files} if args.bad_files else {}
-    settings = settings_from_env(args.root, pipeline=args.pipeline, **overrides)
+    settings = _settings(args, **overrides)
     start = time.monotonic()
     return _report(runner.run(settings, full_refresh=args.full_refresh, logical_date=args.logical_date), start)
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    settings = settings_from_env(args.root, pipeline=args.pipeline)
+    settings = _settings(args)
     start = time.monotonic()
     return _report(runner.backfill(settings, args.first, args.last, batch_months=args.batch_months), start)
 
@@ -108,7 +120,7 @@ def _date(text: str) -> dt.date:
 
 def _replay(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    settings = settings_from_env(args.root, pipeline=args.pipeline)
+    settings = _settings(args)
     return _report(runner.replay(settings, args.table), start)
 
 
@@ -126,16 +138,16 @@ def _report(report: runner.RunReport, start: float) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    settings = settings_from_env(args.root)
-    landed = demo.generate(
-        Storage.from_settings(settings),
-        scale_factor=args.scale_factor,
-        seed=args.seed,
-        parts_per_month=args.parts_per_month,
-        months=args.months,
-        cdc_events=args.cdc_events,
-        cdc_files=args.cdc_files,
-    )
+    settings = _settings(args)
+    pipeline = runner.pipeline_of(settings)
+    if not pipeline.demo:
+        raise ConfigError(f"pipeline {pipeline.name} declares no demo data (Pipeline(demo='module:function'))")
+    module, _, name = pipeline.demo.partition(":")
+    generate = getattr(importlib.import_module(module), name)
+    options = {"scale_factor": args.scale_factor, "seed": args.seed, "parts_per_month": args.parts_per_month,
+               "months": args.months, "cdc_events": args.cdc_events, "cdc_files": args.cdc_files}
+    accepted = inspect.signature(generate).parameters
+    landed = generate(Storage.from_settings(settings), **{k: v for k, v in options.items() if k in accepted})
     print(f"landed {landed.written} new files under {settings.root}/raw ({landed.skipped} already there)")
     return 0
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -81,8 +82,10 @@ def _ensure_ray() -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(settings.code_paths)}} if settings.code_paths else None
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env=runtime_env)
     else:
         temp_dir = settings.temp_dir or os.path.join(tempfile.gettempdir(), f"lakehouse-ray-{os.getpid()}")
         ray.init(
@@ -94,6 +97,7 @@ def _ensure_ray() -> None:
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
             logging_level=logging.WARNING,
+            runtime_env=runtime_env,
         )
     _session["started"] = True
     _quiet_data_context()
@@ -123,9 +127,10 @@ def _quiet_data_context() -> None:
 
 def run_tasks(
     items: list[dict[str, Any]],
-    fn: Callable[..., pa.Table],
+    fn: Callable[..., Any],
     *,
     fn_kwargs: dict[str, Any] | None = None,
+    reports: bool = False,
 ) -> Any:
     """A lazy Ray Dataset over ``items``; ``fn(item, **fn_kwargs)`` runs on a worker and returns a table."""
     _ensure_ray()
@@ -142,7 +147,7 @@ def run_tasks(
             _apply_each,  # type: ignore[arg-type]
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
+            fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}, "reports": reports},
             **remote_args,
         )
 
@@ -158,10 +163,27 @@ def _bounded_retries() -> Iterator[dict[str, Any]]:
         yield {"max_retries": TASK_RETRIES}
 
 
-def _apply_each(batch: pa.Table, fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any]) -> pa.Table:
+def _apply_each(
+    batch: pa.Table, fn: Callable[..., Any], fn_kwargs: dict[str, Any], reports: bool = False
+) -> pa.Table:
     faults.point(f"worker:{fn.__name__}")
+    if reports:  # typed reports: each item's list of report objects, pickled
+        found = [r for item in batch.column("item").to_pylist() for r in fn(json.loads(item), **fn_kwargs)]
+        return pa.table({"reports": pa.array([pickle.dumps(found)], pa.binary())})
     tables = [fn(json.loads(item), **fn_kwargs) for item in batch.column("item").to_pylist()]
     return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+def map_items(items: list[dict[str, Any]], fn: Callable[..., list[Any]], *,
+              fn_kwargs: dict[str, Any] | None = None) -> list[Any]:
+    """Run ``fn(item, **fn_kwargs)`` for each item on workers and return every report the calls returned (each call
+    returns a list of small, picklable report objects; data stays on the workers)."""
+    if not items:
+        return []
+    found: list[Any] = []
+    for row in collect(run_tasks(items, fn, fn_kwargs=fn_kwargs, reports=True)):
+        found += pickle.loads(row["reports"])
+    return found
 
 
 def combine(ds: Any, fn: Callable[..., pa.Table], *, fn_kwargs: dict[str, Any] | None = None) -> Any:

@@ -79,6 +79,11 @@ class QualityGateFailed(LakehouseError):
     """A table-level quality check failed before the table's commit (context: table, check, checks)."""
 
 
+class TransformError(LakehouseError):
+    """A gold transform returned what its table's model does not allow, or rows it may not write (context: table,
+    column, check)."""
+
+
 class StageError(LakehouseError):
     """A stage failed for a reason the engine did not anticipate: a worker that kept dying, a bug (context: table).
     The original exception is its ``__cause__``."""

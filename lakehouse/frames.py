@@ -21,6 +21,17 @@ POLARS_TO_ARROW: dict[Any, pa.DataType] = {
 }
 
 
+def arrow_type(dtype: Any) -> pa.DataType:
+    """The Arrow type of a model column's Polars type (a timestamp keeps its unit and time zone)."""
+    if isinstance(dtype, pl.Datetime) or dtype == pl.Datetime:
+        unit = getattr(dtype, "time_unit", None) or "us"
+        return pa.timestamp(unit, tz=getattr(dtype, "time_zone", None))
+    try:
+        return POLARS_TO_ARROW[dtype]
+    except KeyError:
+        raise TypeError(f"no Arrow type for model type {dtype}") from None
+
+
 def read_files(
     storage: Storage,
     table_rel: str,
@@ -37,7 +48,7 @@ def read_files(
         df = to_frame(read_data_file(storage, table_rel, f["path"], columns=wanted))
         for name, dtype in partition_types.items():
             if columns is None or name in columns:
-                df = df.with_columns(_partition_literal(f["partition_values"].get(name), dtype).alias(name))
+                df = df.with_columns(partition_literal(f["partition_values"].get(name), dtype).alias(name))
         frames.append(df)
     if not frames:
         return pl.DataFrame()
@@ -51,7 +62,7 @@ def to_frame(data: pa.Table) -> pl.DataFrame:
     return df
 
 
-def _partition_literal(value: str | None, dtype: Any) -> pl.Expr:
+def partition_literal(value: str | None, dtype: Any) -> pl.Expr:
     if value is None:
         return pl.lit(None, dtype=dtype)
     if dtype == pl.Date:

@@ -5,7 +5,7 @@ Each quarantine file holds the rejects of one landed file at one stage, and says
 rerun after a crash between the quarantine commit and the data commit adds nothing twice, and a full refresh
 replaces the silver-stage records instead of repeating them.
 
-Rows held back as late (check ``late_arrival``, see ``Settings.lookback_months``) leave quarantine when a backfill
+Rows held back as late (check ``late_arrival``, see ``Settings.lookback``) leave quarantine when a backfill
 of their month takes them into silver (:func:`release_late`, committed after the silver commit).
 
 One record per rejected row: the stage that rejected it (``bronze``: the line could not be parsed; ``silver``: a

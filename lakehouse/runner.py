@@ -1,5 +1,5 @@
-"""Running a pipeline: bronze for every source, then silver, then gold, each table committed once per run (once per
-batch of months in a backfill).
+"""Running a pipeline: every stage of the declaration in dependency order (bronze for every source, silver, change
+events, gold), each table committed once per run (once per batch of months in a backfill).
 
 The CLI calls :func:`run` and :func:`backfill`; the Prefect flow calls the same stage functions (:func:`ingest`,
 :func:`build_silver`, :func:`build_gold`, :func:`record`) as separate tasks. Either way a failed stage stops the run
@@ -21,17 +21,15 @@ from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.settings import Settings
 from lakehouse.spec import Pipeline
+from lakehouse.spec import loader as spec_loader
 from lakehouse.validation import model_dtypes, validate_actions
 
 log = logging.getLogger("lakehouse")
 
 
-def pipeline(name: str) -> Pipeline:
-    if name == "tpch":
-        from lakehouse.tpch import PIPELINE
-
-        return PIPELINE
-    raise ConfigError(f"unknown pipeline {name!r} (known: tpch)")
+def pipeline_of(settings: Settings) -> Pipeline:
+    """The pipeline the settings name (a name, ``module:attr`` or a path; see ``lakehouse.spec.loader``), validated."""
+    return spec_loader.load(settings.pipeline, project_dir=settings.project_dir, names=settings.pipelines)
 
 
 @dataclass
@@ -49,32 +47,33 @@ class RunReport:
 
 
 def ingest(ctx: RunContext, source: str) -> StageResult:
-    spec = pipeline(ctx.settings.pipeline)
+    spec = pipeline_of(ctx.settings)
     required = {c for s in spec.silver if s.source == source for c in model_dtypes(s.model)}
-    changes = any(c.source == source for c in spec.cdc)
-    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, source, required, tombstones=changes))
+    return _guarded(ctx, str(bronze.ref(source)), lambda: bronze.ingest(ctx, spec.source(source), required))
 
 
 def build_silver(ctx: RunContext, name: str) -> StageResult:
-    spec = pipeline(ctx.settings.pipeline).silver_spec(name)
+    spec = pipeline_of(ctx.settings).silver_spec(name)
     return _guarded(ctx, str(silver.ref(name)), lambda: silver.build(ctx, spec))
 
 
 def replay_silver(ctx: RunContext, name: str) -> StageResult:
-    spec = pipeline(ctx.settings.pipeline).silver_spec(name)
+    spec = pipeline_of(ctx.settings).silver_spec(name)
     return _guarded(ctx, str(silver.ref(name)), lambda: silver.replay(ctx, spec))
 
 
 def apply_changes(ctx: RunContext, history: str) -> StageResult:
-    """Apply change events to ``silver.<history>`` and the current state it keeps (the CdcSpec with that history)."""
-    spec = pipeline(ctx.settings.pipeline)
+    """Apply change events to ``silver.<history>`` and the current state it keeps (the Cdc with that history)."""
+    spec = pipeline_of(ctx.settings)
     changes = spec.cdc_spec(history)
-    return _guarded(ctx, str(silver.ref(history)), lambda: cdc.apply(ctx, changes, spec.silver_spec(changes.name)))
+    return _guarded(ctx, str(silver.ref(history)), lambda: cdc.apply(
+        ctx, changes, spec.silver_spec(changes.table), spec.source(changes.source)))
 
 
 def build_gold(ctx: RunContext, name: str) -> StageResult:
-    spec = pipeline(ctx.settings.pipeline).gold_spec(name)
-    return _guarded(ctx, str(gold.ref(name)), lambda: spec.build(ctx, spec))
+    spec = pipeline_of(ctx.settings)
+    table = spec.gold_spec(name)
+    return _guarded(ctx, str(gold.ref(name)), lambda: gold.build(ctx, spec, table))
 
 
 def record(ctx: RunContext, results: list[StageResult]) -> None:
@@ -152,25 +151,20 @@ class Stage:
 
 
 def plan(ctx: RunContext, backfill: tuple[str, str] | None = None, batch_months: int = 12) -> list[Stage]:
-    """The stages of a run in order: every source to bronze, then silver, then gold. A ``backfill`` (first and last
-    month, ``YYYY-MM``) is instead, per batch of ``batch_months`` months, the month-partitioned silver tables and then
-    gold."""
-    spec = pipeline(ctx.settings.pipeline)
+    """The stages of a run in the order of the pipeline's dependencies (``Pipeline.stages``: a table after the tables
+    it reads). A ``backfill`` (first and last month, ``YYYY-MM``) is instead, per batch of ``batch_months`` months,
+    the time-partitioned silver tables and then gold."""
+    spec = pipeline_of(ctx.settings)
     check_settings(ctx.settings, spec)
     if backfill is None:
-        return [
-            *(Stage("bronze", s, ctx) for s in spec.sources),
-            *(Stage("silver", s.name, ctx) for s in spec.silver),
-            *(Stage("cdc", c.history, ctx) for c in spec.cdc),
-            *(Stage("gold", g.name, ctx) for g in spec.gold),
-        ]
+        return [Stage(layer, name, ctx) for layer, name in spec.stages()]
     if ctx.full_refresh:
         raise ConfigError("a backfill rebuilds months, a full refresh everything: ask for one of them")
     stages = []
     for batch in backfill_batches(month_range(*backfill), batch_months):
         bctx = dataclasses.replace(ctx, months=batch)
-        stages += [Stage("silver", s.name, bctx) for s in spec.silver if s.partition]
-        stages += [Stage("gold", g.name, bctx) for g in spec.gold]
+        stages += [Stage(layer, name, bctx) for layer, name in spec.stages()
+                   if layer == "gold" or (layer == "silver" and spec.silver_spec(name).partition)]
     return stages
 
 
@@ -178,9 +172,9 @@ def check_settings(settings: Settings, spec: Pipeline) -> None:
     """Per-table and per-source settings must name tables and sources of the pipeline (or ``*``): a misspelt name
     would otherwise be a gate silently not applied."""
     tables = {s.name for s in spec.silver} | {"*"}
-    sources = set(spec.sources) | {"*"}
+    sources = set(spec.source_names) | {"*"}
     options: dict[str, tuple[set[str], Any]] = {
-        "lookback_months": (tables, settings.lookback_months),
+        "lookback": (tables, settings.lookback),
         "max_quarantined_share": (tables, settings.max_quarantined_share),
         "batch_rows": (tables, settings.batch_rows),
         "freshness_days": (tables, settings.freshness_days),
@@ -236,12 +230,13 @@ def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunR
     """Re-validate the silver table ``table``'s quarantined rows with its model as it is now, merge those that pass
     into silver (the rest stay), then bring gold up to date with the change."""
     ctx = RunContext.start(settings, run_id=run_id)
-    spec = pipeline(settings.pipeline)
+    spec = pipeline_of(settings)
     check_settings(settings, spec)
     if table not in {s.name for s in spec.silver}:
         known = ", ".join(s.name for s in spec.silver)
         raise ConfigError(f"no silver table {table!r} in pipeline {spec.name} (known: {known})")
-    return _run_stages(ctx, [Stage("replay", table, ctx), *(Stage("gold", g.name, ctx) for g in spec.gold)])
+    golds = [Stage(layer, name, ctx) for layer, name in spec.stages() if layer == "gold"]
+    return _run_stages(ctx, [Stage("replay", table, ctx), *golds])
 
 
 def month_range(first: str, last: str) -> list[str]:

@@ -7,8 +7,10 @@ call it.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from lakehouse.errors import ConfigError
@@ -22,6 +24,8 @@ class RaySettings:
     num_cpus: int = 2
     object_store_bytes: int = 1 << 30
     temp_dir: str | None = None
+    # Directories the workers import from (the project's), besides what Ray gives them (the working directory).
+    code_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,28 @@ class Settings:
     root: str
     storage_options: Mapping[str, str] = field(default_factory=dict)
     ray: RaySettings = field(default_factory=RaySettings)
+    # The pipeline to run: a name (from ``pipelines``, or an example: tpch, events), ``module:attr`` or a .py path.
     pipeline: str = "tpch"
+    # Names of the project's pipelines -> their references (``[pipelines]`` of lakehouse.toml).
+    pipelines: Mapping[str, str] = field(default_factory=dict)
+    # The project's directory: pipeline files and their models are imported from it (None: the working directory).
+    project_dir: str | None = None
     # Rows per Parquet file written by workers: ~1M rows keeps files in the 32-128 MB range for TPC-H.
     target_file_rows: int = 1_000_000
     # The most rows broadcast to every worker for a join (the revenue join broadcasts orders in batches of this).
     broadcast_max_rows: int = 2_000_000
+    # Input rows per task of an aggregation's final step (from the log): more rows spread it over more tasks, each
+    # finishing one hash bucket of the keys.
+    final_task_rows: int = 4_000_000
     # Files no version refers to are deleted once older than this (longer than the longest run: a younger one may
     # belong to a run that has not committed yet); see maintenance.sweep.
     orphan_retention_seconds: float = 24 * 3600.0
-    # Late data, per month-partitioned silver table: a landed row for a month more than N months before the table's
-    # newest month goes to quarantine (check late_arrival) instead of rewriting that closed month; a backfill of the
-    # month takes it in. A table not named here takes every late row (runs select work by landed file, so nothing
-    # late is ever missed). N must cover the table's normal spread: TPC-H lines ship up to 4 months after the order.
-    lookback_months: Mapping[str, int] = field(default_factory=dict)
+    # Late data, per time-partitioned silver table ("*" for all), over the pipeline's Silver.lookback: a landed row
+    # for a partition more than N periods (days, months or years: the table's grain) before the table's newest goes
+    # to quarantine (check late_arrival) instead of rewriting that closed partition; a backfill of its month takes it
+    # in. A table with no lookback takes every late row (runs select work by landed file, so nothing late is ever
+    # missed). N must cover the table's normal spread: TPC-H lines ship up to 4 months after the order.
+    lookback: Mapping[str, int] = field(default_factory=dict)
     # A landed file that cannot be read at all (corrupt, empty, binary, an unclosed quote): "reject" records it in
     # _meta.rejected_files and goes on with the rest; "fail" fails the run naming the file, committing nothing.
     bad_files: Literal["reject", "fail"] = "reject"
@@ -81,49 +94,175 @@ class Settings:
 _S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
 
 
-def settings_from_env(root: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from ``LAKEHOUSE_*``, ``RAY_ADDRESS`` and ``AWS_*`` variables; edges only."""
+CONFIG_FILE = "lakehouse.toml"
+
+
+def settings_from_env(
+    root: str | None = None, env: Mapping[str, str] | None = None, *, project: str | None = None, **overrides: Any
+) -> Settings:
+    """Build settings at an edge: the project's configuration (``lakehouse.toml``, or ``[tool.lakehouse]`` in a
+    ``pyproject.toml``, found from ``project`` or the working directory upwards), then ``LAKEHOUSE_*``,
+    ``RAY_ADDRESS`` and ``AWS_*`` variables over it, then ``overrides`` (command-line flags) over both."""
     env = os.environ if env is None else env
-    root = root or env.get("LAKEHOUSE_ROOT") or "lakehouse-data"
-    if "://" not in root:
-        root = os.path.abspath(root)
+    found = find_project(project or os.getcwd())
+    project_dir, config = found if found else (None, {})
+    values, ray_values, config_root = _config_values(config, project_dir)
+    values.update(_env_values(env))
+    values.update(overrides)
+    if project_dir is not None:
+        values.setdefault("project_dir", str(project_dir))
+    given = root or env.get("LAKEHOUSE_ROOT")
+    root = given or config_root or "lakehouse-data"
+    if "://" not in root:  # a root from the configuration (or the default) is the project's
+        root = os.path.abspath(root if given or project_dir is None else os.path.join(project_dir, root))
     storage = {k: env[k] for k in _S3_KEYS if k in env} if root.startswith("s3://") else {}
     ray = RaySettings(
-        address=env.get("RAY_ADDRESS") or None,
-        num_cpus=int(env.get("LAKEHOUSE_RAY_CPUS", "2")),
-        object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES", str(1 << 30))),
-        temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or None,
+        address=env.get("RAY_ADDRESS") or ray_values.get("address") or None,
+        num_cpus=int(env.get("LAKEHOUSE_RAY_CPUS") or ray_values.get("num_cpus", 2)),
+        object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES") or
+                               ray_values.get("object_store_bytes", 1 << 30)),
+        temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or ray_values.get("temp_dir") or None,
+        # Ray workers import the project's pipeline and models as this process does
+        code_paths=tuple(p for p in [str(project_dir or ""), *env.get("PYTHONPATH", "").split(os.pathsep)] if p)
+        if project_dir else (),
     )
+    return Settings(root=root, storage_options=storage, ray=ray, **values)
+
+
+def find_project(start: str) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest directory from ``start`` upwards with a ``lakehouse.toml`` (or a ``pyproject.toml`` with a
+    ``[tool.lakehouse]`` table), and that configuration."""
+    here = Path(start).resolve()
+    for d in [here, *here.parents]:
+        if (d / CONFIG_FILE).is_file():
+            return d, _toml(d / CONFIG_FILE)
+        if (d / "pyproject.toml").is_file():
+            tool = _toml(d / "pyproject.toml").get("tool", {})
+            if isinstance(tool, dict) and isinstance(tool.get("lakehouse"), dict):
+                return d, tool["lakehouse"]
+    return None
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e}") from e
+
+
+# Configuration keys: the name in [settings] -> how its value is checked and converted.
+_TABLES = "a table of name = value"
+
+
+def _config_values(config: Mapping[str, Any], project_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Settings fields from a project's configuration (its ``[settings]`` and ``[ray]`` tables, its ``root``,
+    ``pipeline`` and ``[pipelines]``), checked: an unknown key or a value of the wrong kind names the file's key."""
+    where = f"{project_dir}/{CONFIG_FILE}" if project_dir else CONFIG_FILE
+    known = {"root", "pipeline", "pipelines", "settings", "ray"}
+    for key in config:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    if "pipeline" in config:
+        values["pipeline"] = str(config["pipeline"])
+    if "pipelines" in config:
+        values["pipelines"] = {str(k): str(v) for k, v in _table(config["pipelines"], where, "pipelines").items()}
+    for key, value in _table(config.get("settings", {}), where, "settings").items():
+        values[key] = _setting(key, value, f"{where}: settings.{key}")
+    ray = _table(config.get("ray", {}), where, "ray")
+    for key in ray:
+        if key not in ("address", "num_cpus", "object_store_bytes", "temp_dir"):
+            raise ConfigError(f"{where}: unknown key ray.{key}")
+    return values, dict(ray), str(config.get("root") or "")
+
+
+def _table(value: Any, where: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key} must be a table, not {value!r}")
+    return value
+
+
+def _setting(key: str, value: Any, where: str) -> Any:
+    def per_name(check: Callable[[Any], bool], convert: Callable[[Any], Any], what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be {_TABLES} (e.g. {{ orders = ... }})")
+        for name, v in value.items():
+            if not check(v):
+                raise ConfigError(f"{where}.{name} must be {what}, not {v!r}")
+        return {str(k): convert(v) for k, v in value.items()}
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+
+    if key == "lookback":
+        return per_name(lambda v: isinstance(v, int) and v >= 0, int, "a whole number of periods")
+    if key == "max_quarantined_share":
+        return per_name(lambda v: number(v) and v <= 1, float, "a share from 0 to 1")
+    if key in ("freshness_days", "max_ingest_lag_seconds"):
+        return per_name(number, float, "a number")
+    if key == "batch_rows":
+        return per_name(lambda v: (isinstance(v, str) and _is_range(v)) or (isinstance(v, list) and len(v) == 2),
+                        lambda v: _range(v) if isinstance(v, str) else (v[0], v[1]), "\"low..high\" or [low, high]")
+    if key == "check_actions":
+        return per_name(lambda v: v in ("warn", "fail"), str, "warn or fail")
+    if key == "new_columns":
+        return per_name(lambda v: v in ("evolve", "fail"), str, "evolve or fail")
+    if key == "expect_delivery":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of table names")
+        return tuple(value)
+    if key == "bad_files":
+        if value not in ("reject", "fail"):
+            raise ConfigError(f"{where} must be reject or fail, not {value!r}")
+        return value
+    if key in ("target_file_rows", "broadcast_max_rows", "final_task_rows"):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where} must be a whole number of rows, not {value!r}")
+        return value
+    if key == "orphan_retention_seconds":
+        if not number(value):
+            raise ConfigError(f"{where} must be a number of seconds")
+        return float(value)
+    raise ConfigError(f"{where}: unknown setting (known: lookback, max_quarantined_share, freshness_days, "
+                      "max_ingest_lag_seconds, batch_rows, check_actions, new_columns, expect_delivery, bad_files, "
+                      "target_file_rows, broadcast_max_rows, final_task_rows, orphan_retention_seconds)")
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings fields from ``LAKEHOUSE_*`` variables (each one over the configuration's)."""
+    values: dict[str, Any] = {}
+    if env.get("LAKEHOUSE_PIPELINE"):
+        values["pipeline"] = env["LAKEHOUSE_PIPELINE"]
     if env.get("LAKEHOUSE_BAD_FILES"):
         policy = env["LAKEHOUSE_BAD_FILES"]
         if policy not in ("reject", "fail"):
             raise ConfigError(f"LAKEHOUSE_BAD_FILES must be reject or fail, not {policy!r}")
-        overrides.setdefault("bad_files", policy)
-    if env.get("LAKEHOUSE_LOOKBACK_MONTHS"):  # "orders=2,lineitem=6"
-        months = _pairs("LAKEHOUSE_LOOKBACK_MONTHS", env["LAKEHOUSE_LOOKBACK_MONTHS"], lambda v: v.isdigit())
-        overrides.setdefault("lookback_months", {k: int(v) for k, v in months.items()})
+        values["bad_files"] = policy
+    for name in ("LAKEHOUSE_LOOKBACK_MONTHS", "LAKEHOUSE_LOOKBACK"):  # "orders=2,lineitem=6" (the first: old name)
+        if env.get(name):
+            periods = _pairs(name, env[name], lambda v: v.isdigit())
+            values["lookback"] = {k: int(v) for k, v in periods.items()}
     if env.get("LAKEHOUSE_MAX_QUARANTINED_SHARE"):  # "orders=0.01" or "*=0.01"
         shares = _pairs("LAKEHOUSE_MAX_QUARANTINED_SHARE", env["LAKEHOUSE_MAX_QUARANTINED_SHARE"], _is_share)
-        overrides.setdefault("max_quarantined_share", {k: float(v) for k, v in shares.items()})
+        values["max_quarantined_share"] = {k: float(v) for k, v in shares.items()}
     if env.get("LAKEHOUSE_BATCH_ROWS"):  # "orders=1..500000,lineitem=1.."
         ranges = _pairs("LAKEHOUSE_BATCH_ROWS", env["LAKEHOUSE_BATCH_ROWS"], _is_range)
-        overrides.setdefault("batch_rows", {k: _range(v) for k, v in ranges.items()})
+        values["batch_rows"] = {k: _range(v) for k, v in ranges.items()}
     if env.get("LAKEHOUSE_FRESHNESS_DAYS"):  # "orders=2"
         days = _pairs("LAKEHOUSE_FRESHNESS_DAYS", env["LAKEHOUSE_FRESHNESS_DAYS"], _is_number)
-        overrides.setdefault("freshness_days", {k: float(v) for k, v in days.items()})
+        values["freshness_days"] = {k: float(v) for k, v in days.items()}
     if env.get("LAKEHOUSE_EXPECT_DELIVERY"):  # "orders,lineitem"
-        overrides.setdefault("expect_delivery", tuple(t.strip() for t in env["LAKEHOUSE_EXPECT_DELIVERY"].split(",")
-                                                      if t.strip()))
+        values["expect_delivery"] = tuple(t.strip() for t in env["LAKEHOUSE_EXPECT_DELIVERY"].split(",") if t.strip())
     if env.get("LAKEHOUSE_MAX_INGEST_LAG_SECONDS"):  # "*=3600"
         lag = _pairs("LAKEHOUSE_MAX_INGEST_LAG_SECONDS", env["LAKEHOUSE_MAX_INGEST_LAG_SECONDS"], _is_number)
-        overrides.setdefault("max_ingest_lag_seconds", {k: float(v) for k, v in lag.items()})
+        values["max_ingest_lag_seconds"] = {k: float(v) for k, v in lag.items()}
     if env.get("LAKEHOUSE_CHECK_ACTIONS"):  # "orders.freshness=fail,references=fail"
-        actions = _pairs("LAKEHOUSE_CHECK_ACTIONS", env["LAKEHOUSE_CHECK_ACTIONS"], lambda v: v in ("warn", "fail"))
-        overrides.setdefault("check_actions", actions)
+        values["check_actions"] = _pairs("LAKEHOUSE_CHECK_ACTIONS", env["LAKEHOUSE_CHECK_ACTIONS"],
+                                         lambda v: v in ("warn", "fail"))
     if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
-        policies = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"], lambda v: v in ("evolve", "fail"))
-        overrides.setdefault("new_columns", policies)
-    return Settings(root=root, storage_options=storage, ray=ray, **overrides)
+        values["new_columns"] = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"],
+                                       lambda v: v in ("evolve", "fail"))
+    return values
 
 
 def _pairs(name: str, text: str, valid: Callable[[str], bool]) -> dict[str, str]:

@@ -14,8 +14,9 @@ new ones, with the new watermark. Staged files are deleted afterwards.
 A full refresh rebuilds every partition from every bronze row. A backfill (``RunContext.months``) rebuilds the
 partitions of a month range the same way: rows of other months are staged only as keys and lineage, so a key whose
 latest row lies outside the range stays out of it, and a partition outside it that holds an older row of a key the
-range now owns loses that row; the watermark is left alone. With ``Settings.lookback_months[table]``, a row for a
-month older than the lookback window is quarantined (``late_arrival``) rather than rewriting a closed month.
+range now owns loses that row; the watermark is left alone. With a lookback (``Silver.lookback``, or
+``Settings.lookback``), a row for a partition older than the lookback window is quarantined (``late_arrival``)
+rather than rewriting a closed one.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from lakehouse import bronze, checks, engine, merge, quarantine, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import QualityGateFailed, SchemaMismatch
 from lakehouse.files import DataFile, partition_value, read_data_file
-from lakehouse.frames import POLARS_TO_ARROW, read_files, to_frame, without, write_frame
-from lakehouse.spec import SilverSpec
+from lakehouse.frames import arrow_type, read_files, to_frame, without, write_frame
+from lakehouse.spec import Partitioning
+from lakehouse.spec import Silver as SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.table import TableFile, TableRef
 from lakehouse.validation import ROW_ID, RowCheck, model_dtypes, model_metadata, split_valid
@@ -55,7 +57,7 @@ def app_id(name: str) -> str:
 def arrow_schema(spec: SilverSpec, extra: tuple[str, ...] = ()) -> pa.Schema:
     """Model columns with their types, ``extra`` columns (new in landed files, schema drift policy ``evolve``) as
     strings, bronze lineage, then the partition column."""
-    fields = [(c, POLARS_TO_ARROW[t]) for c, t in model_dtypes(spec.model).items()]
+    fields = [(c, arrow_type(t)) for c, t in model_dtypes(spec.model).items()]
     fields += [(c, pa.string()) for c in extra]
     fields += [(n, bronze.LINEAGE.field(n).type) for n in LINEAGE]
     if spec.partition:
@@ -99,8 +101,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         reads = [{"path": f.path} for f in new_files if f.rows]
         # Only an incremental batch can be late: a full refresh takes every row, like a clean run, and a backfill
         # takes in its months' late rows (and releases them from quarantine after its commit).
-        lookback = ctx.settings.lookback_months.get(spec.name)
-        cutoff = None if rebuild else _lookback_cutoff(base, spec, lookback)
+        cutoff = None if rebuild else _lookback_cutoff(base, spec, lookback_of(ctx, spec))
         kwargs = {**common, "staging": staging, "months": months, "cutoff": cutoff}
         staged = engine.collect(engine.run_tasks(reads, _validate_file, fn_kwargs=kwargs))
         rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
@@ -156,7 +157,7 @@ def _merge_on_keys(
 ) -> tuple[list[dict[str, Any]], list[TableFile], int]:
     """Write mode ``merge``: the batch merged into the files its keys are in (``lakehouse.merge``), uncommitted.
     Reports like :func:`_merge_staged` (a rewritten file's report carries its new rows as ``n``, no drift profile)."""
-    spec_m = merge.MergeSpec(keys=spec.keys, order_by=(*spec.order_by, *LINEAGE),
+    spec_m = merge.MergeSpec(keys=tuple(spec.keys), order_by=(*spec.order_by, *LINEAGE),
                              partition=spec.partition.column if spec.partition else None)
     files = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "staged"]
     done = merge.execute(ctx.storage, base, files, staging, spec_m, arrow_schema(spec, extra), run_id=ctx.run_id,
@@ -271,7 +272,7 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
     extra = _new_columns(ctx, spec, source, base)
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
               "extra": extra}
-    cutoff = _lookback_cutoff(base, spec, ctx.settings.lookback_months.get(spec.name))
+    cutoff = _lookback_cutoff(base, spec, lookback_of(ctx, spec))
     try:
         kwargs = {**common, "staging": staging, "cutoff": cutoff}
         staged = engine.collect(engine.run_tasks(items, _replay_file, fn_kwargs=kwargs)) if items else []
@@ -383,11 +384,13 @@ def _gate_checks(
 def _freshness(
     ctx: RunContext, spec: SilverSpec, gate: checks.Gates, kept: list[TableFile], adds: list[DataFile]
 ) -> checks.CheckResult:
-    """The freshness check from the log's statistics alone: the newest event date of the files the table will hold."""
+    """The freshness check from the log's statistics alone: the newest event date of the files the table will hold
+    (a timestamp column has no statistics: the first day of its newest partition, then)."""
     assert spec.partition
-    column = spec.partition.source_column
-    newest = [str(v)[:10] for f in kept if (v := f.maxs.get(column)) is not None]
-    newest += [str(v)[:10] for f in adds if (v := json.loads(f.stats).get("maxValues", {}).get(column))]
+    column, part = spec.partition.source_column, spec.partition.column
+    newest = [str(v)[:10] for f in kept if (v := f.maxs.get(column) or f.partition_values.get(part)) is not None]
+    newest += [str(v)[:10] for f in adds
+               if (v := json.loads(f.stats).get("maxValues", {}).get(column) or f.partition_values.get(part))]
     return checks.freshness(gate, dt.date.fromisoformat(max(newest)) if newest else None, ctx.as_of)
 
 
@@ -423,7 +426,7 @@ def _drift_pairs(
         if m["info"]:
             found = json.loads(m["info"])
             written[found["partition"]] = found["profile"]
-    wanted = {_previous_month(month) for month in written} - set(written)
+    wanted = {spec.partition.shift(month, -1) for month in written} - set(written)
     by_month: dict[str, list[dict[str, Any]]] = {}
     for f in kept:
         month = f.partition_values.get(column)
@@ -436,12 +439,7 @@ def _drift_pairs(
         found = json.loads(m["info"])
         profiles[found["partition"]] = found["profile"]
     return [(month, written[month], prev, profiles[prev]) for month in sorted(written)
-            if (prev := _previous_month(month)) in profiles and profiles[prev]["rows"]]
-
-
-def _previous_month(month: str) -> str:
-    day = dt.date.fromisoformat(month)
-    return (day.replace(day=1) - dt.timedelta(days=1)).replace(day=1).isoformat()
+            if (prev := spec.partition.shift(month, -1)) in profiles and profiles[prev]["rows"]]
 
 
 def _new_columns(
@@ -511,23 +509,30 @@ def _replaced_files(base: table.Snapshot, spec: SilverSpec, keys: list[str], *, 
     return [f for key in keys for f in _in_partition(base, key, spec)]
 
 
+def lookback_of(ctx: RunContext, spec: SilverSpec) -> int | None:
+    """The table's lookback in periods of its partitioning: the settings' (``Settings.lookback``), else declared."""
+    return ctx.settings.lookback.get(spec.name, ctx.settings.lookback.get("*", spec.lookback))
+
+
 def _lookback_cutoff(base: table.Snapshot, spec: SilverSpec, lookback: int | None) -> str | None:
-    """The first month a late row may still update (the table's newest month minus ``lookback`` months), or None
-    when any late row may (no lookback set, an unpartitioned or empty table)."""
+    """The first partition a late row may still update (the table's newest partition minus ``lookback`` periods), or
+    None when any late row may (no lookback set, an unpartitioned or empty table)."""
     if lookback is None or not spec.partition:
         return None
-    months = [v for f in base.files if (v := f.partition_values.get(spec.partition.column))]
-    if not months:
+    newest = [v for f in base.files if (v := f.partition_values.get(spec.partition.column))]
+    if not newest:
         return None
-    newest = dt.date.fromisoformat(max(months))
-    index = newest.year * 12 + newest.month - 1 - lookback
-    return dt.date(index // 12, index % 12 + 1, 1).isoformat()
+    return spec.partition.shift(max(newest), -lookback)
 
 
 def _in_months(values: dict[str, str | None], spec: SilverSpec, months: tuple[str, str]) -> bool:
+    """Does the partition's period meet the backfill's months (``months``: the first days of the first and last)?"""
     assert spec.partition
     value = values.get(spec.partition.column)
-    return value is not None and months[0] <= value <= months[1]
+    if value is None:
+        return False
+    end = Partitioning(spec.partition.column, spec.partition.source_column, "month").shift(months[1], 1)
+    return value < end and spec.partition.shift(value, 1) > months[0]
 
 
 def _in_partition(base: table.Snapshot, key: str, spec: SilverSpec) -> list[TableFile]:
@@ -626,7 +631,7 @@ def _stage_valid(
     file_schema = schema
     if spec.partition:
         p = spec.partition
-        valid = valid.with_columns(pl.col(p.source_column).dt.truncate("1mo").alias(p.column))
+        valid = valid.with_columns(p.expr())
         file_schema = without(schema, [p.column])
         groups = valid.partition_by(p.column, as_dict=True, include_key=False) if valid.height else {}
         parts = [({p.column: partition_value(k[0])}, g) for k, g in groups.items()]
@@ -698,11 +703,11 @@ def _late_check(spec: SilverSpec, cutoff: str | None, months: tuple[str, str] | 
     if not cutoff or not spec.partition:
         return ()
     column = spec.partition.source_column
-    late = pl.col(column) < dt.date.fromisoformat(cutoff)
+    late = spec.partition.expr() < dt.date.fromisoformat(cutoff)  # the row's partition, before the first still open
     if months:
-        month = pl.col(column).dt.truncate("1mo")
+        month = pl.col(column).cast(pl.Date).dt.truncate("1mo")
         late = late & ~month.is_between(dt.date.fromisoformat(months[0]), dt.date.fromisoformat(months[1]))
-    return (RowCheck(f"late_arrival(before {cutoff[:7]})", column, late),)
+    return (RowCheck(f"late_arrival(before {spec.partition.label(cutoff)})", column, late),)
 
 
 def row_failure(table_name: str, raw: pl.DataFrame, failing: pl.DataFrame) -> QualityGateFailed:

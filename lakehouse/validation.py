@@ -23,6 +23,9 @@ from pandera.errors import SchemaErrors
 from lakehouse.errors import ConfigError
 
 ROW_ID = "__row"
+# Timestamps as landed: ISO 8601 with a "T" or a space, any fraction of a second, an offset ("Z", "+02:00") or none
+TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f",
+                     "%Y-%m-%d %H:%M:%S%.f")
 ACTIONS = ("warn", "quarantine", "fail")
 
 
@@ -142,6 +145,12 @@ def cast_text(column: str, dtype: pl.DataType) -> pl.Expr:
     col = pl.when(col == "").then(None).otherwise(col)
     if dtype == pl.Date:
         return col.str.to_date("%Y-%m-%d", strict=False).alias(column)
+    if isinstance(dtype, pl.Datetime):
+        zone, unit = dtype.time_zone, dtype.time_unit or "us"
+        return pl.coalesce(
+            col.str.to_datetime(f, time_unit=unit, time_zone=zone, strict=False)
+            for f in TIMESTAMP_FORMATS if zone or not f.endswith("z")
+        ).alias(column)
     if dtype == pl.String:
         return pl.col(column)
     return col.cast(dtype, strict=False).alias(column)
@@ -186,6 +195,21 @@ def _rule_failures(typed: pl.DataFrame, model: type[pa.DataFrameModel]) -> pl.Da
             }
         )
     return _empty_failures()
+
+
+def output_failures(df: pl.DataFrame, model: type[pa.DataFrameModel]) -> pl.DataFrame | None:
+    """The rule failures of typed rows ``df`` against ``model`` (``check``, ``column``, ``value``), or None when it
+    passes: how a gold transform's output is held to its table's model."""
+    try:
+        model.validate(df, lazy=True)
+    except SchemaErrors as e:
+        cases = e.failure_cases
+        return pl.DataFrame({
+            "check": cases.get_column("check").cast(pl.String),
+            "column": cases.get_column("column").cast(pl.String),
+            "value": cases.get_column("failure_case").cast(pl.String),
+        })
+    return None
 
 
 def _extra_failures(typed: pl.DataFrame, check: RowCheck) -> pl.DataFrame:

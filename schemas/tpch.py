@@ -114,3 +114,44 @@ class Lineitem(pa.DataFrameModel):
                 "drift": FACT_DRIFT,
             },
         }
+
+
+# --- gold ---------------------------------------------------------------------------------------------------------
+
+
+class RevenueByNationMonth(pa.DataFrameModel):
+    """Revenue per order month and customer nation (null: an order whose customer is unknown)."""
+
+    nation: pl.String = pa.Field(nullable=True)
+    revenue: pl.Float64
+    order_count: pl.Int64 = pa.Field(ge=1)
+    lineitem_count: pl.Int64 = pa.Field(ge=1)
+    order_month: pl.Date
+
+
+class CustomerLifetimeValue(pa.DataFrameModel):
+    """Per current customer with at least one order."""
+
+    c_custkey: pl.Int64 = pa.Field(ge=0)
+    c_name: pl.String
+    nation: pl.String
+    order_count: pl.Int64 = pa.Field(ge=1)
+    total_spent: pl.Float64
+    first_order_date: pl.Date
+    last_order_date: pl.Date
+
+
+class PricingSummaryMonthly(pa.DataFrameModel):
+    """TPC-H Q1's aggregates per ship month, return flag and line status."""
+
+    l_returnflag: pl.String
+    l_linestatus: pl.String
+    sum_qty: pl.Float64
+    sum_base_price: pl.Float64
+    sum_disc_price: pl.Float64
+    sum_charge: pl.Float64
+    avg_qty: pl.Float64
+    avg_price: pl.Float64
+    avg_disc: pl.Float64
+    count_order: pl.Int64 = pa.Field(ge=1)
+    ship_month: pl.Date

@@ -40,7 +40,7 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tpch_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """TPC-H SF 0.01, first 8 order months, landed once per session; copy it before landing more into it."""
-    from lakehouse.demo import generate
+    from examples.tpch.demo import generate
     from lakehouse.storage import Storage
 
     root = tmp_path_factory.mktemp("tpch-landed")

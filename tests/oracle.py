@@ -61,3 +61,48 @@ def assert_frames_match(actual: pl.DataFrame, wanted: pl.DataFrame, keys: list[s
     wanted = wanted.sort(keys)
     assert actual.height == wanted.height, f"{actual.height} rows, expected {wanted.height}"
     assert_frame_equal(actual, wanted, check_dtypes=False, rel_tol=1e-9, abs_tol=1e-6)
+
+
+# --- the events example -------------------------------------------------------------------------------------------
+
+EVENTS_SQL = {
+    "daily_country": """
+        SELECT e.event_day, u.country, count(DISTINCT e.user_id) AS active_users, count(*) AS events,
+               count(*) FILTER (WHERE e.event_type = 'purchase') AS purchases,
+               coalesce(sum(e.amount) FILTER (WHERE e.event_type = 'purchase'), 0) AS revenue
+        FROM events e LEFT JOIN users u USING (user_id) GROUP BY ALL""",
+    "category_revenue_daily": """
+        SELECT e.event_day, p.category, count(*) AS purchases, count(DISTINCT e.user_id) AS buyers,
+               coalesce(sum(e.amount), 0) AS revenue
+        FROM events e LEFT JOIN products p USING (product_id) WHERE e.event_type = 'purchase' GROUP BY ALL""",
+    "user_totals": """
+        SELECT user_id, count(*) AS events, count(DISTINCT session_id) AS sessions,
+               count(*) FILTER (WHERE event_type = 'purchase') AS purchases,
+               coalesce(sum(amount) FILTER (WHERE event_type = 'purchase'), 0) AS spent,
+               min(ts) AS first_seen, max(ts) AS last_seen
+        FROM events GROUP BY ALL""",
+}
+EVENTS_SORT = {
+    "daily_country": ["event_day", "country"],
+    "category_revenue_daily": ["event_day", "category"],
+    "user_totals": ["user_id"],
+}
+
+
+def expected_events(raw: Path, table: str) -> pl.DataFrame:
+    """Gold ``table`` of the events example computed by DuckDB from the landed files (NDJSON, CSV, Parquet); an
+    event landed twice counts once (the later landed file's copy, as silver keeps)."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    files = sorted(str(p) for p in (raw / "events").rglob("*.ndjson"))
+    columns = ("{event_id: 'VARCHAR', ts: 'VARCHAR', user_id: 'BIGINT', session_id: 'VARCHAR', "
+               "event_type: 'VARCHAR', product_id: 'BIGINT', amount: 'DOUBLE'}")
+    con.execute(f"""CREATE VIEW events AS
+        SELECT * EXCLUDE (filename, ts), ts::TIMESTAMPTZ AS ts, ts::TIMESTAMPTZ::DATE AS event_day
+        FROM read_json({files!r}, format = 'newline_delimited', columns = {columns}, filename = true)
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY filename DESC) = 1""")
+    users = sorted(str(p) for p in (raw / "users").rglob("*.csv"))
+    con.execute(f"CREATE VIEW users AS SELECT * FROM read_csv({users!r}, header = true)")
+    products = sorted(str(p) for p in (raw / "products").rglob("*.parquet"))
+    con.execute(f"CREATE VIEW products AS SELECT * FROM read_parquet({products!r})")
+    return con.sql(EVENTS_SQL[table]).pl()

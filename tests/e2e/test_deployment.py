@@ -102,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack, tmp_path: Path) -> None:
-    from lakehouse.demo import generate
+    from examples.tpch.demo import generate
     from lakehouse.storage import Storage
 
     root = tmp_path / "lake"
@@ -142,7 +142,7 @@ def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack
 
 
 def test_one_active_run_at_a_time_and_the_backfill_deployment(stack: Stack, tmp_path: Path) -> None:
-    from lakehouse.demo import generate
+    from examples.tpch.demo import generate
     from lakehouse.storage import Storage
 
     root = tmp_path / "lake"

@@ -149,7 +149,7 @@ def test_rows_older_than_the_lookback_wait_in_quarantine_until_a_backfill(lake_c
     # given a lake whose late data may update only the last two months before the newest, and a drop three back
     lake = lake_copy()
     # (lines ship up to 4 months after their order: lineitem's window has to cover that)
-    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 2, "lineitem": 5})
+    settings = dataclasses.replace(lake.settings, lookback={"orders": 2, "lineitem": 5})
     months = sorted(_files_by_partition(lake.root, "silver/orders"))
     _land_late(lake, months[-4])
     gold_before = contents(lake.root)
@@ -189,7 +189,7 @@ def test_a_normal_drop_is_not_late_under_a_lookback_that_covers_the_tables_sprea
     for source in ("region", "nation", "customer"):
         shutil.copytree(tpch_raw / source, root / "raw" / source)
     settings = dataclasses.replace(tpch_lake.settings.with_root(str(root)),
-                                   lookback_months={"orders": 1, "lineitem": 5})
+                                   lookback={"orders": 1, "lineitem": 5})
     for batch in (months[:5], months[5:]):
         for source in ("orders", "lineitem"):
             for month in batch:
@@ -206,7 +206,7 @@ def test_a_held_correction_that_moves_a_key_into_a_backfilled_month_leaves_its_o
 ) -> None:
     # given an order of the first month, corrected late to a date in a month the lookback has closed
     lake = lake_copy()
-    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 2})
+    settings = dataclasses.replace(lake.settings, lookback={"orders": 2})
     months = sorted(_files_by_partition(lake.root, "silver/orders"))
     orders = pl.read_delta(str(lake.root / "silver/orders"))
     key = orders.filter(pl.col("order_month") == dt.date.fromisoformat(months[0])).get_column("o_orderkey").min()

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from lakehouse import Settings, run
+from lakehouse.gold.build import partition_batches
 from lakehouse.table import TableFile
-from lakehouse.tpch import _month_batches
 from tests.oracle import SORT, assert_frames_match, expected
 
 pytestmark = pytest.mark.integration
@@ -22,8 +22,8 @@ def test_month_batches_keep_months_whole_and_respect_the_bound() -> None:
         return TableFile(path=f"{month}-{rows}", size=1, rows=rows, partition_values={"order_month": month})
 
     files = [f("1995-01-01", 60), f("1995-01-01", 50), f("1995-02-01", 30), f("1995-03-01", 500), f("1995-04-01", 10)]
-    batches = _month_batches(files, max_rows=100)
-    months = [{i["partition_values"]["order_month"] for i in b} for b in batches]
+    batches = partition_batches(files, "order_month", max_rows=100)
+    months = [{f.partition_values["order_month"] for f in b} for b in batches]
     assert months == [{"1995-01-01"}, {"1995-02-01"}, {"1995-03-01"}, {"1995-04-01"}]
     assert sum(len(b) for b in batches) == len(files)
 

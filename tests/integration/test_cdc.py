@@ -18,8 +18,8 @@ import pytest
 from deltalake import DeltaTable
 
 import lakehouse
+from examples.tpch.demo import cdc_event_files
 from lakehouse.cdc import SNAPSHOT_LSN
-from lakehouse.demo import cdc_event_files
 from tests.conftest import Lake
 from tests.harness import versions
 from tests.oracle import SORT, assert_frames_match, expected
@@ -160,8 +160,7 @@ def test_malformed_events_are_quarantined_with_the_reason(lake_copy: Callable[[]
 
 
 def test_the_quality_report_samples_the_events_the_change_stage_quarantined(lake_copy: Callable[[], Lake]) -> None:
-    from flows.medallion import quality_report
-    from lakehouse import RunContext
+    from lakehouse import RunContext, quality_report
 
     # given only events that parse as JSON but are malformed envelopes (quarantined by the change stage, not bronze)
     lake = lake_copy()

@@ -146,12 +146,12 @@ def test_a_worker_that_always_dies_fails_the_table_cleanly(landed: Path, clean: 
 
 
 def test_an_error_raised_inside_a_ray_task_fails_only_that_table(landed: Path, clean: Clean, tmp_path: Path) -> None:
-    env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS="worker:_pricing_month=raise")
+    env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS="worker:partition_task=raise")
 
     done = cli("run", "--root", str(landed), env=env)
 
     assert done.returncode == 1
-    assert "gold.pricing_summary_monthly: InjectedFault: fail point worker:_pricing_month was hit" in done.stderr
+    assert "gold.pricing_summary_monthly: InjectedFault: fail point worker:partition_task was hit" in done.stderr
     assert "gold.pricing_summary_monthly" not in versions(landed)
     assert versions(landed)["gold.customer_lifetime_value"] == 0
     done = cli("run", "--root", str(landed), env=cli_env(tmp_path))

@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import examples.tpch.pipeline
 import lakehouse
-import lakehouse.tpch
 from lakehouse import table
 from lakehouse.silver import ref
 from lakehouse.storage import Storage
@@ -26,9 +26,9 @@ LINES = ("l_orderkey,l_partkey,l_suppkey,l_linenumber,l_quantity,l_extendedprice
 
 @pytest.fixture
 def merge_lineitem(monkeypatch: pytest.MonkeyPatch) -> None:
-    pipeline = lakehouse.tpch.PIPELINE
+    pipeline = examples.tpch.pipeline.PIPELINE
     silver = tuple(dataclasses.replace(s, write_mode="merge") if s.name == "lineitem" else s for s in pipeline.silver)
-    monkeypatch.setattr(lakehouse.tpch, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
+    monkeypatch.setattr(examples.tpch.pipeline, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
 
 
 def _lines(lake: Lake) -> pl.DataFrame:

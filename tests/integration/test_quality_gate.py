@@ -10,8 +10,7 @@ import polars as pl
 import pytest
 
 import lakehouse
-from flows.medallion import quality_report
-from lakehouse import QualityGateFailed, RunContext
+from lakehouse import QualityGateFailed, RunContext, quality_report
 from tests.conftest import Lake
 from tests.harness import versions
 

@@ -11,8 +11,8 @@ import pandera.polars as pa
 import polars as pl
 import pytest
 
+import examples.tpch.pipeline
 import lakehouse
-import lakehouse.tpch
 from tests.conftest import BAD_ORDERS, Lake
 from tests.harness import versions
 
@@ -26,10 +26,10 @@ def _relax_orders(monkeypatch: pytest.MonkeyPatch) -> None:
     class CreditNotesAllowed(Orders):  # defined here so Ray ships it by value
         o_totalprice: pl.Float64 = pa.Field(gt=-MAX_AMOUNT, lt=MAX_AMOUNT)
 
-    pipeline = lakehouse.tpch.PIPELINE
+    pipeline = examples.tpch.pipeline.PIPELINE
     silver = tuple(dataclasses.replace(s, model=CreditNotesAllowed) if s.name == "orders" else s
                    for s in pipeline.silver)
-    monkeypatch.setattr(lakehouse.tpch, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
+    monkeypatch.setattr(examples.tpch.pipeline, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
 
 
 def _with_bad_orders(lake_copy: Callable[[], Lake]) -> Lake:
@@ -172,7 +172,7 @@ def test_a_replayed_row_older_than_the_lookback_waits_for_a_backfill(
 ) -> None:
     # given a negative-price order of 1992-02 quarantined, and a lookback that closes months before 1992-07
     lake = lake_copy()
-    settings = dataclasses.replace(lake.settings, lookback_months={"orders": 1, "lineitem": 6})
+    settings = dataclasses.replace(lake.settings, lookback={"orders": 1, "lineitem": 6})
     (lake.raw / "orders/drop").mkdir()
     (lake.raw / "orders/drop/bad.csv").write_text(BAD_ORDERS)
     assert lakehouse.run(settings).ok

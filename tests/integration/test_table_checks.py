@@ -210,16 +210,16 @@ def test_a_warn_rule_keeps_its_rows_and_reports_them(lake_copy: Callable[[], Lak
 def test_a_fail_rule_fails_the_run_naming_file_line_column_and_value(
     lake_copy: Callable[[], Lake], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lakehouse.tpch
+    import examples.tpch.pipeline
     from schemas.tpch import Orders
 
     class StrictOrders(Orders):  # defined here so Ray ships it by value
         class Config:
             metadata: ClassVar[dict[str, Any]] = {"actions": {"o_totalprice.greater_than_or_equal_to": "fail"}}
 
-    pipeline = lakehouse.tpch.PIPELINE
+    pipeline = examples.tpch.pipeline.PIPELINE
     silver = tuple(dataclasses.replace(s, model=StrictOrders) if s.name == "orders" else s for s in pipeline.silver)
-    monkeypatch.setattr(lakehouse.tpch, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
+    monkeypatch.setattr(examples.tpch.pipeline, "PIPELINE", dataclasses.replace(pipeline, silver=silver))
     lake = lake_copy()
     land(lake, "orders/drop/neg.csv", ORDERS + order(9900001) + order(9900002, price="-3.00"))
     before = versions(lake.root)

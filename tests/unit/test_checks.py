@@ -94,10 +94,3 @@ def test_gate_settings_are_read_from_the_environment() -> None:
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_BATCH_ROWS": "orders=5"})
     with pytest.raises(ConfigError, match="LAKEHOUSE_CHECK_ACTIONS"):
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_CHECK_ACTIONS": "freshness=drop"})
-
-
-def test_the_month_before_january_is_december() -> None:
-    from lakehouse.silver import _previous_month
-
-    assert _previous_month("1993-01-01") == "1992-12-01"
-    assert _previous_month("1992-03-01") == "1992-02-01"

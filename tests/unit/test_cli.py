@@ -53,7 +53,8 @@ def test_query_error_exits_1_with_the_message_on_stderr(root: Path, capsys: pyte
 
 def test_parser() -> None:
     args = _parser().parse_args(["-v", "run", "--root", "/l", "--full-refresh"])
-    assert (args.command, args.root, args.pipeline) == ("run", "/l", "tpch")
+    assert (args.command, args.root, args.pipeline) == ("run", "/l", None)  # None: the configuration's, else tpch
+    assert _parser().parse_args(["run", "--pipeline", "pipelines/web.py"]).pipeline == "pipelines/web.py"
     assert (args.full_refresh, args.verbose) == (True, True)
     args = _parser().parse_args(["demo-data", "--scale-factor", "0.01", "--months", "3", "--parts-per-month", "2"])
     assert (args.scale_factor, args.months, args.parts_per_month, args.seed) == (0.01, 3, 2, 0)

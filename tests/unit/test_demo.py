@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lakehouse import demo
+from examples.tpch import demo
 from lakehouse.storage import Storage
 
 

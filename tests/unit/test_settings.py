@@ -79,7 +79,7 @@ def test_per_table_policies_come_from_the_environment() -> None:
     env = {"LAKEHOUSE_LOOKBACK_MONTHS": "orders=2, lineitem=6", "LAKEHOUSE_NEW_COLUMNS": "orders=evolve",
            "LAKEHOUSE_BAD_FILES": "fail"}
     s = settings_from_env("/tmp/lake", env=env)
-    assert (s.lookback_months, s.new_columns, s.bad_files) == ({"orders": 2, "lineitem": 6}, {"orders": "evolve"},
+    assert (s.lookback, s.new_columns, s.bad_files) == ({"orders": 2, "lineitem": 6}, {"orders": "evolve"},
                                                                "fail")
     with pytest.raises(ConfigError, match="LAKEHOUSE_NEW_COLUMNS: cannot read 'orders=maybe'"):
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_NEW_COLUMNS": "orders=maybe"})

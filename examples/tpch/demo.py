@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from examples.landing import Landed, Lander
 from lakehouse.errors import ConfigError
 from lakehouse.storage import Storage
 
@@ -28,16 +28,10 @@ DIMENSIONS = ("region", "nation", "customer")
 MAX_PART_SCALE_FACTOR = 3.0
 
 
-@dataclass(frozen=True)
-class Landed:
-    written: int
-    skipped: int
-
-
 def generate(
     storage: Storage,
     *,
-    scale_factor: float,
+    scale_factor: float = 0.1,
     seed: int = 0,
     parts_per_month: int = 1,
     months: int | None = None,
@@ -53,15 +47,10 @@ def generate(
     with tempfile.TemporaryDirectory(prefix="tpchgen-") as tmp:
         _run_tpchgen(Path(tmp), scale_factor, DIMENSIONS)
         dims = {name: pl.read_csv(Path(tmp) / f"{name}.csv", infer_schema=False) for name in DIMENSIONS}
-    written = skipped = 0
+    lander = Lander(storage)
 
     def land(rel: str, df: pl.DataFrame) -> None:
-        nonlocal written, skipped
-        if storage.exists(rel):
-            skipped += 1
-            return
-        storage.write_bytes_atomic(rel, df.write_csv().encode())
-        written += 1
+        lander.land(rel, df.write_csv().encode())
 
     for name in DIMENSIONS:
         land(f"raw/{name}/{name}.csv", dims[name].sample(fraction=1.0, shuffle=True, seed=seed))
@@ -88,13 +77,8 @@ def generate(
         del orders, lineitem, month_of
     if cdc_events:
         for i, text in enumerate(cdc_event_files(dims["customer"], cdc_events, cdc_files, seed=seed)):
-            rel = f"raw/customer_cdc/events-{i:04d}.ndjson"
-            if storage.exists(rel):
-                skipped += 1
-            else:
-                storage.write_bytes_atomic(rel, text.encode())
-                written += 1
-    return Landed(written=written, skipped=skipped)
+            lander.land(f"raw/customer_cdc/events-{i:04d}.ndjson", text.encode())
+    return lander.landed
 
 
 CDC_CHANGED = ("c_acctbal", "c_address", "c_mktsegment")
@@ -182,7 +166,7 @@ def _run_tpchgen(
     """Generate ``tables`` as CSV under ``out`` (``part``: part k of n, 1-based); returns each table's file."""
     exe = shutil.which("tpchgen-cli") or str(Path(sys.executable).with_name("tpchgen-cli"))
     if not Path(exe).exists():
-        raise ConfigError("tpchgen-cli is not installed (it is a dependency of this project: pip install -e .)")
+        raise ConfigError("tpchgen-cli is not installed: it comes with the demo extra (pip install 'lakehouse[demo]')")
     cmd = [exe, "csv", "-s", str(scale_factor), "-o", str(out), "-T", ",".join(tables), "--quiet"]
     if part:
         cmd += ["--parts", str(part[1]), "--part", str(part[0])]

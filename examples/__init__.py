@@ -1,0 +1,1 @@
+"""Example pipelines declared on the public API, with their demo-data generators."""
