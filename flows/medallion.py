@@ -1,16 +1,16 @@
-"""The ``medallion`` Prefect flow: every landed source to bronze, then silver, then gold, one task per table.
+"""The ``medallion`` Prefect flow: a declared pipeline's stages in the order of their dependencies, one task per table.
 
-The flow only orchestrates: settings are built once at this edge, Ray is started once for the run, and each task is
-one library call. Tasks run one at a time on purpose: two Ray Data pipelines at once deadlock a 2-CPU Ray (each holds
-a CPU the other waits for). Idempotency is the library's job (a rerun with nothing new commits nothing); Prefect
-retries only errors that say a retry can help.
+The flow only orchestrates: settings are built once at this edge, the pipeline is a parameter (a name, module:attr
+or path), and the library's run loop (``lakehouse.runner.execute``) runs the stages with Ray started once, each
+stage as a task that is one library call. Tasks run one at a time on purpose: two Ray Data pipelines at once
+deadlock a 2-CPU Ray (each holds a CPU the other waits for). Idempotency is the library's job (a rerun with nothing
+new commits nothing); Prefect retries only errors that say a retry can help.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
 from typing import Any
 
 from prefect import Task, flow, get_run_logger, task
@@ -22,7 +22,6 @@ from prefect.states import State
 
 import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
-from lakehouse.engine import ray_session  # Ray itself is imported only when a stage first needs it
 
 SUMMARY_KEY = "medallion-run-summary"
 QUALITY_KEY = "medallion-quality-report"
@@ -116,44 +115,25 @@ def medallion(
     stages = lakehouse.runner.plan(ctx, months, batch_months)
     what = f"backfill of {from_month}..{to_month}" if months else f"full_refresh={full_refresh}"
     logger.info("run %s of pipeline %s on %s (%s): %d stages", ctx.run_id, pipeline, settings.root, what, len(stages))
-    results: list[StageResult] = []
     started = time.monotonic()
-    # One Ray for the whole run (started on first use), shared by the stages; they run one at a time.
-    with ray_session(settings.ray):
-        try:
-            for stage in stages:
-                task = TASKS[stage.layer].with_options(task_run_name=stage.label)
-                results.append(_run_stage(stage.table, task, stage.ctx, stage.name, results))
-        finally:
-            _report(ctx, results, time.monotonic() - started)
-    if any(r.status == "committed" for r in results):
-        swept = lakehouse.runner.sweep(ctx)  # logs and swallows its own failures: housekeeping never fails a run
-        if swept and (swept.count or swept.staging):
-            logger.info("swept %d orphaned files and %d staging directories", swept.count, len(swept.staging))
-    return results
+
+    def as_task(stage: lakehouse.runner.Stage) -> StageResult:
+        return TASKS[stage.layer].with_options(task_run_name=stage.label)(stage.ctx, stage.name)
+
+    # The library's run loop (one Ray for the run, stages one at a time, the run recorded whatever happens), each
+    # stage as a Prefect task.
+    report = lakehouse.runner.execute(ctx, stages, call=as_task)
+    _publish(ctx, report.results, time.monotonic() - started)
+    if report.swept and (report.swept.count or report.swept.staging):
+        logger.info("swept %d orphaned files and %d staging directories", report.swept.count,
+                    len(report.swept.staging))
+    if report.error is not None:
+        raise report.error
+    return report.results
 
 
-def _run_stage(
-    table: str, stage: Callable[..., StageResult], ctx: RunContext, arg: str, results: list[StageResult]
-) -> StageResult:
-    """Run one stage task; on failure add a failed row for the table and fail the flow with the table's name."""
-    started = dt.datetime.now(dt.UTC)
-    try:
-        return stage(ctx, arg)
-    except LakehouseError as e:
-        failed = StageResult(table=str(e.context.get("table") or table), started_at=started,
-                             checks=lakehouse.checks.of_error(e))
-        results.append(failed.finish("failed", str(e)))
-        raise
-    except Exception as e:
-        # Not one of ours (a timeout, a bug): still say which table it was about.
-        message = f"{type(e).__name__}: {e}"
-        results.append(StageResult(table=table, started_at=started).finish("failed", message))
-        raise RuntimeError(f"{table}: {message}") from e
-
-
-def _report(ctx: RunContext, results: list[StageResult], seconds: float) -> None:
-    """Record the run in ``_meta.runs`` and publish the per-table summary as an artifact, whatever happened."""
+def _publish(ctx: RunContext, results: list[StageResult], seconds: float) -> None:
+    """Publish the per-table summary and the quality report as artifacts (the run is already recorded)."""
     logger = get_run_logger()
     failed = [r.table for r in results if r.status == "failed"]
     logger.info("run %s: %d tables in %.1fs%s", ctx.run_id, len(results), seconds,
@@ -169,13 +149,6 @@ def _report(ctx: RunContext, results: list[StageResult], seconds: float) -> None
                                  description=f"Quality report of run `{ctx.run_id}`")
     except Exception:  # the artifacts are a convenience: never let them hide the run's own outcome
         logger.exception("could not publish the run's artifacts")
-    try:
-        lakehouse.record(ctx, results)
-    except Exception:
-        if not failed:
-            raise
-        # Already failing: the stage's error is the one to report; this one only goes to the log.
-        logger.exception("could not record run %s in _meta.runs", ctx.run_id)
 
 
 def _row(r: StageResult) -> dict[str, Any]:

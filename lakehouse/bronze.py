@@ -99,7 +99,7 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
     the columns the silver models built from it need (a file without one cannot go further). In a change-event source
     a ``null`` JSON line (Kafka's tombstone after a delete) is no record rather than a malformed one."""
     declared = Source(declared) if isinstance(declared, str) else declared
-    source, tombstones = declared.name, declared.changes
+    source = declared.name
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
@@ -127,7 +127,7 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
     kwargs = {
         "storage": storage, "source": source, "run_id": ctx.run_id, "ingested_at": ctx.started_at.isoformat(),
         "expected": expected, "reject_bad": ctx.settings.bad_files == "reject", "evolve": evolve,
-        "required": sorted(required) if evolve else None, "tombstones": tombstones,
+        "required": sorted(required) if evolve else None, "declared": declared,
     }
     meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
     bad_files = [json.loads(m["file"]) for m in meta if m["kind"] == "rejected"]
@@ -228,11 +228,11 @@ def _ingest_file(
     reject_bad: bool,
     evolve: bool,
     required: list[str] | None,
-    tombstones: bool = False,
+    declared: Source | None = None,
 ) -> pa.Table:
     path, fmt = item["path"], item["format"]
     try:
-        rows, lines, bad = _read_landed(storage, path, fmt, source, tombstones=tombstones)
+        rows, lines, bad = _read_landed(storage, path, fmt, declared or Source(source))
     except SourceFileError as e:
         if not reject_bad:
             raise
@@ -301,16 +301,16 @@ def _ingest_file(
 Bad = tuple[int, str, str]  # line number, raw text, reason
 
 
-def _read_landed(
-    storage: Storage, path: str, fmt: str, source: str, *, tombstones: bool = False
-) -> tuple[pa.Table, list[int], list[Bad]]:
-    """Read a landed file as strings; a file that cannot be read as a whole raises :class:`SourceFileError`."""
+def _read_landed(storage: Storage, path: str, fmt: str, declared: Source) -> tuple[pa.Table, list[int], list[Bad]]:
+    """Read a landed file as strings, with its source's reader options; a file that cannot be read as a whole
+    raises :class:`SourceFileError`."""
+    source = declared.name
     try:
         with storage.open_input(path) as f:
             raw = f.read()
     except OSError as e:
         raise SourceFileError(f"cannot read: {e}", path=path, source=source) from e
-    if path.lower().endswith(COMPRESSED):
+    if path.lower().endswith(COMPRESSED) or declared.compression == "gzip":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
@@ -320,7 +320,9 @@ def _read_landed(
     if fmt != "parquet":
         _check_text(raw, path)
     readers: dict[str, Callable[[bytes, str], tuple[pa.Table, list[int], list[Bad]]]] = {
-        "csv": _read_csv, "json": functools.partial(_read_json, tombstones=tombstones), "parquet": _read_parquet}
+        "csv": functools.partial(_read_csv, delimiter=declared.delimiter, quote=declared.quote,
+                                 nulls=tuple(declared.nulls)),
+        "json": functools.partial(_read_json, tombstones=declared.changes), "parquet": _read_parquet}
     rows, lines, bad = readers[fmt](raw, path)
     if rows.num_rows == 0 and not bad:
         raise SourceFileError("no data rows (only a header)" if fmt == "csv" else "no data rows", path=path)
@@ -340,7 +342,9 @@ def _check_text(raw: bytes, path: str) -> None:
             raise SourceFileError(f"not UTF-8 text (byte 0x{head[e.start]:02x} at offset {e.start})", path=path) from e
 
 
-def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
+def _read_csv(
+    raw: bytes, path: str, *, delimiter: str = ",", quote: str = '"', nulls: tuple[str, ...] = ()
+) -> tuple[pa.Table, list[int], list[Bad]]:
     """All values as strings; lines with the wrong number of fields are set aside with their record number.
 
     Record numbers count the header as 1 and blank lines too, so they are the physical line numbers unless a quoted
@@ -349,7 +353,7 @@ def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
     header_line = raw.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").rstrip("\r")
     if not header_line.strip():
         raise SourceFileError("empty file or empty header line", path=path)
-    names = next(csv.reader([header_line]))
+    names = next(csv.reader([header_line], delimiter=delimiter, quotechar=quote))
     bad: list[Bad] = []
 
     def on_invalid(row: Any) -> str:
@@ -361,15 +365,18 @@ def _read_csv(raw: bytes, path: str) -> tuple[pa.Table, list[int], list[Bad]]:
         rows = pacsv.read_csv(
             io.BytesIO(raw),
             read_options=pacsv.ReadOptions(use_threads=False, block_size=16 << 20),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True,
+                                             delimiter=delimiter, quote_char=quote),
+            # Values are kept as landed, blanks included; a source's declared null markers (NULL, \N) are nulls.
             convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, strings_can_be_null=False
+                column_types={n: pa.string() for n in names}, strings_can_be_null=bool(nulls),
+                null_values=list(nulls), quoted_strings_can_be_null=False,
             ),
         )
     except pa.ArrowInvalid as e:
         raise SourceFileError(f"not a readable CSV file: {e}", path=path) from e
     spans = _swallows_lines(rows) or any("\n" in text for _, text, _ in bad)
-    if b'"' in raw and spans and (opened := _unclosed_quote_line(raw)) is not None:
+    if quote.encode() in raw and spans and (opened := _unclosed_quote_line(raw, delimiter, quote)) is not None:
         # A quote never closed swallows the rest of the file into the last value, which the reader accepts.
         raise SourceFileError(f"a quoted value opened on line {opened} is never closed", path=path)
     # The valid rows are the record numbers not taken by a bad record. pyarrow skips blank lines without numbering
@@ -397,29 +404,30 @@ def _swallows_lines(rows: pa.Table) -> bool:
     return any("\n" in (last.column(i)[0].as_py() or "") for i in range(last.num_columns))
 
 
-def _unclosed_quote_line(raw: bytes) -> int | None:
+def _unclosed_quote_line(raw: bytes, delimiter: str = ",", quote: str = '"') -> int | None:
     """The line where a quoted value that is never closed opens, or None when every one is closed.
 
     As the reader sees it: a quote opens a quoted value only at the start of a field (elsewhere it is a literal
     character, as in ``12" pizza``), and inside one a doubled quote is an escaped quote. Only called for a file with
     after the last row was seen to span lines, so the byte-by-byte scan is rare.
     """
+    q, sep = ord(quote), ord(delimiter)
     line, opened, inside, field_start, i, n = 1, 0, False, True, 0, len(raw)
     while i < n:
         byte = raw[i]
         if inside:
-            if byte == 0x22:
-                if i + 1 < n and raw[i + 1] == 0x22:
+            if byte == q:
+                if i + 1 < n and raw[i + 1] == q:
                     i += 1  # an escaped quote
                 else:
                     inside = False
             elif byte == 0x0A:
                 line += 1
-        elif byte == 0x22 and field_start:
+        elif byte == q and field_start:
             inside, opened = True, line
         elif byte == 0x0A:
             line += 1
-        field_start = not inside and byte in (0x2C, 0x0A)  # after a comma or a newline
+        field_start = not inside and byte in (sep, 0x0A)  # after a delimiter or a newline
         i += 1
     return opened if inside else None
 

@@ -68,6 +68,10 @@ DEFAULT_ACTIONS = {
     "drift_quantiles": "warn",
     "ingest_lag": "warn",
 }
+# A table that declares nothing about quality is still protected: a batch with more than this share of its rows
+# quarantined fails before the table commits (loosen it per table with Settings.max_quarantined_share, e.g.
+# {"orders": 0.2}, or {"orders": 1.0} to turn it off).
+DEFAULT_MAX_QUARANTINED_SHARE = 0.05
 DRIFT_KINDS = ("rows", "null_share", "mean", "quantiles")
 QUANTILES = (0.5, 0.95)
 # Below this many rows in either month, only the row count is compared: a handful of rows has no stable mean.
@@ -135,7 +139,8 @@ def gates(name: str, metadata: Mapping[str, Any], settings: Any) -> Gates:
     batch_rows = per_table(settings.batch_rows, found.get("batch_rows"))
     return Gates(
         table=name,
-        max_quarantined_share=per_table(settings.max_quarantined_share, found.get("max_quarantined_share")),
+        max_quarantined_share=per_table(settings.max_quarantined_share,
+                                        found.get("max_quarantined_share", DEFAULT_MAX_QUARANTINED_SHARE)),
         batch_rows=tuple(batch_rows) if batch_rows is not None else None,  # type: ignore[arg-type]
         expect_delivery=name in settings.expect_delivery or "*" in settings.expect_delivery,
         references=references,

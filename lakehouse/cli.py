@@ -13,6 +13,7 @@ import inspect
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from lakehouse import maintenance, query, runner
@@ -59,14 +60,31 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("demo-data", help="land the pipeline's demo data under ROOT/raw (TPC-H: tpchgen-cli)")
     data.add_argument("--root")
     data.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
-    data.add_argument("--scale-factor", type=float, default=0.1)
-    data.add_argument("--seed", type=int, default=0, help="shuffles row order inside landed files")
-    data.add_argument("--parts-per-month", type=int, default=1)
-    data.add_argument("--months", type=int, default=None, help="land only the first N order months")
-    data.add_argument("--cdc-events", type=int, default=0,
+    data.add_argument("--scale-factor", type=float, default=None, help="tpch: TPC-H scale factor (default 0.1)")
+    data.add_argument("--seed", type=int, default=None, help="the random seed (shuffles rows in tpch's files)")
+    data.add_argument("--parts-per-month", type=int, default=None, help="tpch: files per month (default 1)")
+    data.add_argument("--months", type=int, default=None, help="tpch: land only the first N order months")
+    data.add_argument("--cdc-events", type=int, default=None,
                       help="also land N Debezium change events of customers under ROOT/raw/customer_cdc")
-    data.add_argument("--cdc-files", type=int, default=4, help="spread over this many files (default 4)")
+    data.add_argument("--cdc-files", type=int, default=None, help="tpch: spread over this many files (default 4)")
+    data.add_argument("--days", type=int, default=None, help="events: days of events (default 14)")
+    data.add_argument("--users", type=int, default=None, help="events: users (default 2000)")
+    data.add_argument("--events-per-day", type=int, default=None, help="events: events a day (default 5000)")
+    data.add_argument("--skew", type=float, default=None, help="events: the share of events one user owns")
     data.set_defaults(func=_demo_data)
+
+    init = sub.add_parser("init", help="write a runnable project: lakehouse.toml, a pipeline, its models, prefect.yaml")
+    init.add_argument("directory")
+    init.add_argument("--example", choices=("events", "tpch", "empty"), default="events",
+                      help="start from an example with demo data, or from a skeleton (default events)")
+    init.set_defaults(func=_init)
+
+    pl_ = sub.add_parser("plan", help="what a run would do now, per table and why (nothing is read or written)")
+    pl_.add_argument("--root")
+    pl_.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
+    pl_.add_argument("--full-refresh", action="store_true")
+    pl_.add_argument("--format", choices=("text", "json"), default="text")
+    pl_.set_defaults(func=_plan)
 
     sw = sub.add_parser("sweep", help="delete files that no table version refers to (left by crashed runs)")
     sw.add_argument("--root")
@@ -145,10 +163,51 @@ def _demo_data(args: argparse.Namespace) -> int:
     module, _, name = pipeline.demo.partition(":")
     generate = getattr(importlib.import_module(module), name)
     options = {"scale_factor": args.scale_factor, "seed": args.seed, "parts_per_month": args.parts_per_month,
-               "months": args.months, "cdc_events": args.cdc_events, "cdc_files": args.cdc_files}
+               "months": args.months, "cdc_events": args.cdc_events, "cdc_files": args.cdc_files,
+               "days": args.days, "users": args.users, "events_per_day": args.events_per_day, "skew": args.skew}
     accepted = inspect.signature(generate).parameters
-    landed = generate(Storage.from_settings(settings), **{k: v for k, v in options.items() if k in accepted})
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = [k for k in given if k not in accepted]
+    if unknown:
+        raise ConfigError(f"the demo data of pipeline {pipeline.name} takes no --{unknown[0].replace('_', '-')}")
+    landed = generate(Storage.from_settings(settings), **{k: v for k, v in given.items() if k in accepted})
     print(f"landed {landed.written} new files under {settings.root}/raw ({landed.skipped} already there)")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from lakehouse import project
+
+    written = project.init(args.directory, args.example)
+    base = Path(args.directory).resolve()
+    files = ", ".join(str(p.relative_to(base)) for p in written)
+    print(f"wrote a {args.example} project in {args.directory}: {files}")
+    print(f"next: cd {args.directory} && lakehouse demo-data && lakehouse run"
+          if args.example != "empty" else f"next: cd {args.directory}, land files under lakehouse-data/raw/orders/, "
+          "then lakehouse run")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from lakehouse import dryrun
+    from lakehouse.context import RunContext
+
+    settings = _settings(args)
+    ctx = RunContext.start(settings, full_refresh=args.full_refresh)
+    planned = dryrun.describe(ctx, runner.pipeline_of(settings))
+    if args.format == "json":
+        print(json.dumps([p.as_dict() for p in planned], indent=2))
+        return 0
+    for p in planned:
+        print(f"{p.table:<34} {p.action}")
+        for w in p.work[:5]:
+            print(f"    {w}")
+        if len(p.work) > 5:
+            print(f"    ... and {len(p.work) - 5} more")
+        for why in p.why:
+            print(f"    why: {why}")
     return 0
 
 

@@ -37,6 +37,7 @@ class RunReport:
     run_id: str
     results: list[StageResult] = field(default_factory=list)
     error: LakehouseError | None = None
+    swept: maintenance.SweepReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -209,7 +210,7 @@ def run(
     """Everything landed and not yet processed, bronze → silver → gold, with Ray started once for the run.
     ``logical_date`` is the date the run is for (freshness is measured against it; default today)."""
     ctx = RunContext.start(settings, full_refresh=full_refresh, run_id=run_id, logical_date=logical_date)
-    return _run_stages(ctx, plan(ctx))
+    return execute(ctx, plan(ctx))
 
 
 def backfill(
@@ -223,7 +224,7 @@ def backfill(
     rows a full refresh would put there.
     """
     ctx = RunContext.start(settings, run_id=run_id)
-    return _run_stages(ctx, plan(ctx, (first, last), batch_months))
+    return execute(ctx, plan(ctx, (first, last), batch_months))
 
 
 def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunReport:
@@ -236,7 +237,7 @@ def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunR
         known = ", ".join(s.name for s in spec.silver)
         raise ConfigError(f"no silver table {table!r} in pipeline {spec.name} (known: {known})")
     golds = [Stage(layer, name, ctx) for layer, name in spec.stages() if layer == "gold"]
-    return _run_stages(ctx, [Stage("replay", table, ctx), *golds])
+    return execute(ctx, [Stage("replay", table, ctx), *golds])
 
 
 def month_range(first: str, last: str) -> list[str]:
@@ -262,22 +263,40 @@ def backfill_batches(months: list[str], batch_months: int) -> list[tuple[str, st
     return [(c[0], c[-1]) for c in chunks]
 
 
-def _run_stages(ctx: RunContext, stages: list[Stage]) -> RunReport:
-    """Run the stages in order under one Ray session, stop at the first failure, record the run whatever happens."""
+def execute(ctx: RunContext, stages: list[Stage], *, call: Callable[[Stage], StageResult] | None = None) -> RunReport:
+    """The run loop, the CLI's and the Prefect flow's: the stages in order under one Ray session (started on first
+    use), stopping at the first failure, with the run recorded in ``_meta`` whatever happens and the sweep after a run
+    that committed. ``call`` runs one stage (the flow passes one that runs it as a Prefect task)."""
     report = RunReport(run_id=ctx.run_id)
+    run = call or (lambda stage: stage())
     with engine.ray_session(ctx.settings.ray):
         try:
             for stage in stages:
-                report.results.append(stage())
-        except LakehouseError as e:
-            report.error = e
-            failed = StageResult(table=str(e.context.get("table", "?")), checks=checks.of_error(e))
-            report.results.append(failed.finish("failed", str(e)))
+                started = dt.datetime.now(dt.UTC)
+                try:
+                    report.results.append(run(stage))
+                except LakehouseError as e:
+                    report.error = e
+                    failed = StageResult(table=str(e.context.get("table") or stage.table), started_at=started,
+                                         checks=checks.of_error(e))
+                    report.results.append(failed.finish("failed", str(e)))
+                    break
+                except Exception as e:  # not ours (an orchestrator's timeout): still say which table it was about
+                    report.error = StageError(f"{type(e).__name__}: {e}", table=stage.table)
+                    report.results.append(StageResult(table=stage.table, started_at=started).finish(
+                        "failed", str(report.error)))
+                    break
         finally:
-            record(ctx, report.results)
+            try:
+                record(ctx, report.results)
+            except Exception:
+                if report.ok:
+                    raise
+                # already failing: the stage's error is the one to report; this one only goes to the log
+                log.exception("could not record run %s in _meta.runs", ctx.run_id)
     if report.ok and any(r.status == "committed" for r in report.results):
         # What earlier crashed or outraced attempts left behind, once older than the retention.
-        sweep(ctx)
+        report.swept = sweep(ctx)
     return report
 
 

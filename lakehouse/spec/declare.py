@@ -26,14 +26,33 @@ class Source:
     """Raw files landed under ``raw/<path>/`` (default: the source's name), ingested into ``bronze.<name>``.
 
     ``format``: every file's format (None: each file's from its extension: ``.csv``, ``.json``/``.ndjson``/``.jsonl``,
-    ``.parquet``; text may be gzipped, ``.csv.gz``). ``changes``: Debezium change events, where a ``null`` line (the
-    tombstone after a delete) is no record (set for a source a :class:`Cdc` reads).
+    ``.parquet``). ``compression``: ``gzip`` for every file (None: by the extension, ``.csv.gz``). CSV reader options:
+    ``delimiter``, ``quote`` and ``nulls``, the markers that mean no value (``NULL``, ``\\N``; otherwise every value is
+    kept as landed, blanks included). ``changes``: Debezium change events, where a ``null`` line (the tombstone after
+    a delete) is no record (set for a source a :class:`Cdc` reads).
     """
 
     name: str
     path: str | None = None
     format: Format | None = None
+    compression: Literal["gzip"] | None = None
+    delimiter: str = ","
+    quote: str = '"'
+    nulls: Sequence[str] = ()
     changes: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nulls", _names(self.nulls))
+        where = f"Source({self.name!r})"
+        if self.format not in (None, "csv", "ndjson", "parquet"):
+            raise ConfigError(f"{where}: format must be csv, ndjson or parquet, not {self.format!r}")
+        if self.compression not in (None, "gzip"):
+            raise ConfigError(f"{where}: compression must be gzip (None: by the extension), not {self.compression!r}")
+        for name, char in (("delimiter", self.delimiter), ("quote", self.quote)):
+            if len(char) != 1 or char in "\r\n":
+                raise ConfigError(f"{where}: {name} must be one character, not {char!r}")
+        if self.delimiter == self.quote:
+            raise ConfigError(f"{where}: delimiter and quote must differ")
 
     @property
     def raw_dir(self) -> str:

@@ -72,3 +72,28 @@ def test_a_batch_above_the_threshold_fails_the_run_before_any_commit(lake_copy: 
     markdown = quality_report(RunContext.start(settings, run_id=report.run_id), report.results)
     assert "| silver.orders | quarantined_share | 0.25 | 0.3 | fail | passed |" in markdown
     assert "| silver.orders | 8 | 2 | 0 |" in markdown
+
+
+def test_with_nothing_declared_a_mostly_bad_drop_fails_and_one_setting_loosens_it(
+    lake_copy: Callable[[], Lake], tmp_path: object
+) -> None:
+    # given: TPC-H declares no quarantined share for orders; a drop of 8 orders, 2 of them invalid (25%)
+    from tests.harness import cli, cli_env
+
+    lake = lake_copy()
+    (lake.raw / "orders/drop").mkdir()
+    (lake.raw / "orders/drop/part-0.csv").write_text(DROP)
+    before = versions(lake.root)
+
+    # when it runs as a user runs it, then it fails at the default 5%, naming the table, the share and the reason
+    done = cli("run", "--root", str(lake.root), env=cli_env(tmp_path))  # type: ignore[arg-type]
+    assert done.returncode == 1
+    assert ("silver.orders: quality check quarantined_share failed: 2 of 8 rows quarantined (25.00%), above the "
+            "maximum of 5.00%; most often greater_than_or_equal_to(0) on column o_totalprice") in done.stderr
+    assert versions(lake.root)["silver.orders"] == before["silver.orders"]
+
+    # and one setting for that table lets the same batch through, its bad rows to quarantine
+    env = cli_env(tmp_path, LAKEHOUSE_MAX_QUARANTINED_SHARE="orders=0.3")  # type: ignore[arg-type]
+    done = cli("run", "--root", str(lake.root), env=env)
+    assert done.returncode == 0, done.stderr
+    assert versions(lake.root)["silver.orders"] == before["silver.orders"] + 1

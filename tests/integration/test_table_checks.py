@@ -195,7 +195,8 @@ def test_a_warn_rule_keeps_its_rows_and_reports_them(lake_copy: Callable[[], Lak
     land(lake, "lineitem/drop/discounts.csv",
          LINES + line(1, 91, discount="0.15") + line(1, 92, discount="0.15") + line(1, 93, discount="1.50"))
 
-    report = lakehouse.run(lake.settings)
+    # (one line in three impossible is far above the default 5% gate: loosened for this table)
+    report = lakehouse.run(dataclasses.replace(lake.settings, max_quarantined_share={"lineitem": 1.0}))
 
     # then the unusual lines are in silver and reported; the impossible one is in quarantine
     assert report.ok, report.error
@@ -299,8 +300,8 @@ def test_type_drift_quarantines_the_rows_and_above_the_share_fails_naming_file_c
     assert after.get("quarantine.orders") == before.get("quarantine.orders")
     assert {p: p.read_bytes() for p in lake.raw.rglob("*") if p.is_file()} == raw_before
 
-    # and without the gate the rows go to quarantine with the reason, the two good ones to silver
-    report = lakehouse.run(lake.settings)
+    # and with the gate loosened (one setting) the rows go to quarantine with the reason, the two good ones to silver
+    report = lakehouse.run(dataclasses.replace(lake.settings, max_quarantined_share={"orders": 1.0}))
     assert report.ok, report.error
     assert report.result("silver.orders").rows_quarantined == 6
     held = pl.read_delta(str(lake.root / "quarantine/orders")).filter(pl.col("_run_id") == report.run_id)

@@ -57,7 +57,7 @@ def test_parser() -> None:
     assert _parser().parse_args(["run", "--pipeline", "pipelines/web.py"]).pipeline == "pipelines/web.py"
     assert (args.full_refresh, args.verbose) == (True, True)
     args = _parser().parse_args(["demo-data", "--scale-factor", "0.01", "--months", "3", "--parts-per-month", "2"])
-    assert (args.scale_factor, args.months, args.parts_per_month, args.seed) == (0.01, 3, 2, 0)
+    assert (args.scale_factor, args.months, args.parts_per_month, args.seed) == (0.01, 3, 2, None)
     args = _parser().parse_args(["query", "SELECT 1"])
     assert (args.sql, args.format, args.root) == ("SELECT 1", "table", None)
 

@@ -5,47 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pandera.polars as pa
-import polars as pl
 import pytest
 
 from lakehouse import ConfigError, Gold, Pipeline, Silver, Source, aggregate, day, lookup, month, per_partition
 from lakehouse.spec import load
-
-
-class Sale(pa.DataFrameModel):
-    sale_id: pl.Int64
-    shop_id: pl.Int64
-    sold_on: pl.Date
-    amount: pl.Float64
-
-
-class Shop(pa.DataFrameModel):
-    shop_id: pl.Int64
-    city: pl.String
-
-
-class DailySales(pa.DataFrameModel):
-    sale_day: pl.Date
-    city: pl.String = pa.Field(nullable=True)
-    amount: pl.Float64
-
-
-class ShopTotals(pa.DataFrameModel):
-    shop_id: pl.Int64
-    amount: pl.Float64
-
-
-def by_city(sales: pl.DataFrame, shops: pl.DataFrame) -> pl.DataFrame:
-    return sales.join(shops, on="shop_id", how="left").group_by("sale_day", "city").agg(pl.col("amount").sum())
-
-
-def partial(sales: pl.DataFrame) -> pl.DataFrame:
-    return sales.group_by("shop_id").agg(pl.col("amount").sum())
-
-
-def final(partials: pl.DataFrame) -> pl.DataFrame:
-    return partials.group_by("shop_id").agg(pl.col("amount").sum())
+from tests.shops import DailyCity, Sale, Shop, ShopTotals, by_city, per_shop, shop_totals
 
 
 def pipeline(**changes: object) -> Pipeline:
@@ -54,9 +18,10 @@ def pipeline(**changes: object) -> Pipeline:
         sources=[Source("sales"), Source("shops")],
         silver=[Silver("sales", Sale, keys="sale_id", partition=day("sold_on", as_="sale_day")),
                 Silver("shops", Shop, keys="shop_id")],
-        gold=[Gold("daily_sales", DailySales, partition="sale_day",
+        gold=[Gold("daily_city", DailyCity, partition="sale_day",
                    plan=per_partition("sales", by_city, shops=lookup("shops", key="shop_id"))),
-              Gold("shop_totals", ShopTotals, plan=aggregate("sales", by="shop_id", partial=partial, final=final))],
+              Gold("shop_totals", ShopTotals,
+                   plan=aggregate("sales", by="shop_id", partial=per_shop, final=shop_totals))],
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -64,11 +29,11 @@ def pipeline(**changes: object) -> Pipeline:
 def test_a_valid_pipeline_loads_and_orders_its_stages_by_dependency() -> None:
     p = pipeline().validate()
     assert p.stages() == [("bronze", "sales"), ("bronze", "shops"), ("silver", "sales"), ("silver", "shops"),
-                          ("gold", "daily_sales"), ("gold", "shop_totals")]
+                          ("gold", "daily_city"), ("gold", "shop_totals")]
     assert p.gold_spec("shop_totals").keys == ("shop_id",)  # an unpartitioned aggregate's keys: its by columns
 
 
-def gold(name: str, plan: object, partition: str | None = "sale_day", model: object = DailySales) -> Gold:
+def gold(name: str, plan: object, partition: str | None = "sale_day", model: object = DailyCity) -> Gold:
     return Gold(name, model, plan=plan, partition=partition)  # type: ignore[arg-type]
 
 
@@ -83,14 +48,14 @@ def gold(name: str, plan: object, partition: str | None = "sale_day", model: obj
     ({"gold": [gold("g", per_partition("sale", by_city, shops=lookup("shops")))]},
      "Gold('g'): input 'sale': pipeline shops: 'sale' is not a table of the pipeline"),
     ({"gold": [gold("g", per_partition("sales", by_city, shops=lookup("shops")), partition="day")]},
-     "Gold('g'): partition column 'day' is not a column of DailySales"),
+     "Gold('g'): partition column 'day' is not a column of DailyCity"),
     ({"gold": [gold("g", per_partition("sales", by_city))]},
      "by_city takes 'shops', which names no lookup of the plan"),
-    ({"gold": [gold("g", per_partition("sales", partial, shops=lookup("shops")), model=ShopTotals,
+    ({"gold": [gold("g", per_partition("sales", per_shop, shops=lookup("shops")), model=ShopTotals,
                     partition="shop_id")]}, "lookup 'shops' is used by no function of the plan"),
     ({"gold": [gold("g", per_partition("shops", by_city, shops=lookup("shops")))]},
      "per_partition over 'shops', which is not partitioned"),
-    ({"gold": [gold("g", aggregate("sales", partial=partial, final=final), partition=None, model=ShopTotals)]},
+    ({"gold": [gold("g", aggregate("sales", partial=per_shop, final=shop_totals), partition=None, model=ShopTotals)]},
      "an unpartitioned aggregate needs by=(...)"),
     ({"gold": [gold("a", per_partition("b", lambda b: b)), gold("b", per_partition("a", lambda a: a))]},
      "the tables depend on each other in a cycle (gold.a -> gold.b)"),
@@ -107,7 +72,7 @@ def test_a_lookup_by_a_column_needs_its_key_and_through_must_name_a_lookup() -> 
     with pytest.raises(ConfigError, match="by='shop_id' needs the key"):
         lookup("shops", by="shop_id")
     with pytest.raises(ConfigError, match="through='shop' names no lookup"):
-        aggregate("sales", partial=partial, final=final, through="shop", shops=lookup("shops", key="shop_id"))
+        aggregate("sales", partial=per_shop, final=shop_totals, through="shop", shops=lookup("shops", key="shop_id"))
 
 
 def test_pipelines_load_by_name_module_or_path_and_bad_files_are_named(tmp_path: Path) -> None:

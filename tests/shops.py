@@ -1,0 +1,56 @@
+"""A small declared pipeline (sales by day, a shops lookup, totals per shop) for tests of declarations and of the
+gold engine; Ray workers import it by name."""
+
+from __future__ import annotations
+
+import pandera.polars as pa
+import polars as pl
+
+from lakehouse import Gold, Pipeline, Silver, Source, aggregate, day, lookup, per_partition
+
+
+class Sale(pa.DataFrameModel):
+    sale_id: pl.Int64
+    shop_id: pl.Int64
+    sold_on: pl.Date
+    amount: pl.Float64
+
+
+class Shop(pa.DataFrameModel):
+    shop_id: pl.Int64
+    city: pl.String
+
+
+class DailyCity(pa.DataFrameModel):
+    sale_day: pl.Date
+    city: pl.String = pa.Field(nullable=True)
+    amount: pl.Float64
+
+
+class ShopTotals(pa.DataFrameModel):
+    shop_id: pl.Int64
+    sales: pl.Int64 = pa.Field(ge=1)
+    amount: pl.Float64 = pa.Field(ge=0)
+
+
+def by_city(sales: pl.DataFrame, shops: pl.DataFrame) -> pl.DataFrame:
+    return sales.join(shops, on="shop_id", how="left").group_by("sale_day", "city").agg(pl.col("amount").sum())
+
+
+def per_shop(sales: pl.DataFrame) -> pl.DataFrame:
+    return sales.group_by("shop_id").agg(pl.len().alias("sales"), pl.col("amount").sum())
+
+
+def shop_totals(partials: pl.DataFrame) -> pl.DataFrame:
+    return partials.group_by("shop_id").agg(pl.col("sales").sum(), pl.col("amount").sum())
+
+
+PIPELINE = Pipeline(
+    "shops",
+    sources=[Source("sales", format="csv"), Source("shops", format="csv")],
+    silver=[Silver("sales", Sale, keys="sale_id", partition=day("sold_on", as_="sale_day")),
+            Silver("shops", Shop, keys="shop_id")],
+    gold=[Gold("daily_city", DailyCity, partition="sale_day",
+               plan=per_partition("sales", by_city, shops=lookup("shops", key="shop_id", columns=("city",)))),
+          Gold("shop_totals", ShopTotals, plan=aggregate("sales", by="shop_id", partial=per_shop, final=shop_totals))],
+)
