@@ -46,4 +46,4 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy lakehouse flows schemas
+	$(BIN)/mypy lakehouse flows schemas examples

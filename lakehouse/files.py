@@ -68,11 +68,13 @@ def write_data_file(
     partition_values: dict[str, str | None] | None = None,
     prefix: str = "part",
     constant: dict[str, str] | None = None,
+    stats: bool = True,
 ) -> DataFile:
     """Write ``data`` (without partition columns) as one Parquet file under the table and describe it.
 
     ``constant`` names columns that hold one value in this file (a bronze file's ``_source_file``): their stats are
     exact whatever their length, and set even when the file has no rows, so the log alone tells what was ingested.
+    ``stats=False``: none (a staged file no reader skips by statistics).
     """
     partition_values = partition_values or {}
     sub = partition_dir(partition_values)
@@ -87,7 +89,7 @@ def write_data_file(
         size=len(payload),
         rows=data.num_rows,
         partition_values=partition_values,
-        stats=delta_stats(data, constant=constant),
+        stats=delta_stats(data, constant=constant) if stats else "{}",
         modification_time=int(time.time() * 1000),
     )
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -244,20 +245,40 @@ def _per_partition(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: PerPartit
     _, time = pipeline.partition_of(p.input)
     present = {f.partition_values.get(main.snap.partition_by[0]) for f in main.snap.files} if main.snap.files else set()
     wanted = present if target.partitions is None else {v for (v,) in target.partitions} & present
-    jobs = []
+    jobs: list[dict[str, Any]] = []
+    sizes: list[int] = []
     for value in sorted(v for v in wanted if v is not None) + ([None] if None in wanted else []):
         window: Partitions = {(value,)}
         if p.window > 1 and time is not None and value is not None:
             window = {(time.shift(value, -k),) for k in range(p.window)}
         files = main.files(window)
-        result.rows_in += sum(f.rows for f in main.files({(value,)}))
+        sizes.append(sum(f.rows for f in main.files({(value,)})))
         jobs.append({"partition": value, "files": items(files)})
+    result.rows_in = sum(sizes)
     lookups = {name: _place(ctx, pipeline, name, lk, ins[lk.input]) for name, lk in p.lookups.items()} if jobs else {}
     kwargs = {"storage": ctx.storage, "plan": p, "source": source_table(pipeline, main), "lookups": lookups,
               "out": out}
-    reports = engine.map_items(jobs, tasks.partition_task, fn_kwargs=kwargs)
+    groups = _groups(jobs, sizes, 4 * ctx.settings.ray.num_cpus)
+    reports = engine.map_items([{"partitions": g} for g in groups], tasks.partition_task, fn_kwargs=kwargs)
     adds = [r.file for r in reports if isinstance(r, tasks.Written)]
     return adds, base.files_in(target.partitions)
+
+
+def _groups(jobs: list[dict[str, Any]], rows: list[int], count: int) -> list[list[dict[str, Any]]]:
+    """Consecutive jobs in at most ``count`` groups of about the same rows: a task does a few partitions, so its
+    fixed costs (the model's check, a task's start) are paid a few times, not once a partition."""
+    if not jobs:
+        return []
+    target = max(1, -(-sum(rows) // max(1, count)))
+    groups: list[list[dict[str, Any]]] = [[]]
+    held = 0
+    for job, n in zip(jobs, rows, strict=True):
+        if groups[-1] and held + n > target and len(groups) < count:
+            groups.append([])
+            held = 0
+        groups[-1].append(job)
+        held += n
+    return groups
 
 
 def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, ins: dict[str, Input],
