@@ -27,9 +27,7 @@ from lakehouse import bronze, engine, merge, quarantine, silver, table
 from lakehouse.context import RunContext, StageResult
 from lakehouse.files import DataFile, write_data_file
 from lakehouse.frames import read_files, to_arrow, write_frame
-from lakehouse.spec import Cdc as CdcSpec
-from lakehouse.spec import Silver as SilverSpec
-from lakehouse.spec import Source
+from lakehouse.spec import Cdc, Silver, Source
 from lakehouse.storage import Storage
 from lakehouse.validation import ROW_ID, cast_text, model_dtypes, split_valid
 
@@ -256,7 +254,7 @@ def history_schema(spec: Any) -> pa.Schema:
     return pa.schema(fields)
 
 
-def apply(ctx: RunContext, cdc: CdcSpec, spec: SilverSpec, declared: Source | None = None) -> StageResult:
+def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = None) -> StageResult:
     """Apply the change events landed since the last run to ``silver.<history>`` and ``silver.<name>``, one commit
     each (history first: the current state is read back from it), each carrying the bronze version it applied."""
     result = StageResult(table=str(silver.ref(cdc.history)), quarantined_into=cdc.source)
@@ -350,7 +348,7 @@ def _lag(history: table.Snapshot, ctx: RunContext) -> float:
 
 
 def _commit_history(
-    ctx: RunContext, cdc: CdcSpec, spec: SilverSpec, history: table.Snapshot, target: table.Snapshot,
+    ctx: RunContext, cdc: Cdc, spec: Silver, history: table.Snapshot, target: table.Snapshot,
     events: list[dict[str, Any]], staging: str, info: dict[str, Any], version: int, *, seed: bool,
 ) -> tuple[table.Snapshot, bool]:
     """Rebuild the chains of the keys the events touch, in one commit; with ``seed`` (the first time, or after the
@@ -378,7 +376,7 @@ def _commit_history(
 
 
 def _parse_file(
-    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, staging: str, run_id: str, source: str
+    item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, source: str
 ) -> pa.Table:
     raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
     out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height}]
@@ -397,12 +395,12 @@ def _parse_file(
     return pa.Table.from_pylist(out, schema=_META)
 
 
-def _columns(spec: SilverSpec) -> list[str]:
+def _columns(spec: Silver) -> list[str]:
     return [*model_dtypes(spec.model), "_source_file", "_source_line", "_ingested_at"]
 
 
 def _rebuild_history(
-    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, history_rel: str, staging: str, run_id: str,
+    item: dict[str, Any], *, storage: Storage, spec: Silver, history_rel: str, staging: str, run_id: str,
     max_rows: int,
 ) -> pa.Table:
     """Rebuild the chains of the keys the events touch. Files are read one at a time (those whose key range may hold
@@ -466,13 +464,13 @@ def _rebuild_history(
     return pa.Table.from_pylist(out, schema=_HISTORY_META)
 
 
-def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: SilverSpec, columns: list[str]) -> pl.DataFrame:
+def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: Silver, columns: list[str]) -> pl.DataFrame:
     events = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP))
     return chains(existing, events.select(*columns, *EVENT), tuple(spec.keys), columns)
 
 
 def _current_rows(
-    item: dict[str, Any], *, storage: Storage, spec: SilverSpec, staging: str, run_id: str, history_rel: str,
+    item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, history_rel: str,
     target_schema: pa.Schema,
 ) -> pa.Table:
     """The current state of the keys the events touch, read back from the committed history, one file at a time (those

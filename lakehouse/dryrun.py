@@ -59,7 +59,7 @@ def _silver(ctx: RunContext, pipeline: Pipeline, layer: str, name: str, pending:
         source, target, app = spec.source, silver.ref(name), silver.app_id(name)
     else:
         cdc = pipeline.cdc_spec(name)
-        source, target, app = cdc.source, silver.ref(name), f"lakehouse/cdc.{cdc.table}"
+        source, target, app = cdc.source, silver.ref(name), silver.cdc_app_id(cdc.table)
     snap = table.snapshot(storage, bronze.ref(source))
     mark = None if ctx.full_refresh else table.txn_version(storage, target, app)
     new = silver.files_since(storage, snap, mark) if snap.exists and (mark is None or mark < (snap.version or 0)) \

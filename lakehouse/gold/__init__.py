@@ -1,6 +1,6 @@
 """Gold: the engine that builds every declared gold table (inputs and change detection, planning, tasks, commit)."""
 
-from lakehouse.gold.build import Target, build, plan
 from lakehouse.gold.inputs import Input, app_id, inputs, ref
+from lakehouse.gold.stage import Target, build, plan
 
 __all__ = ["Input", "Target", "app_id", "build", "inputs", "plan", "ref"]

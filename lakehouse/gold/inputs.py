@@ -24,9 +24,9 @@ def ref(name: str) -> TableRef:
     return TableRef("gold", name)
 
 
-def app_id(gold: str, source: TableRef | str) -> str:
-    """The watermark of ``gold``'s input ``source`` (a silver table by its bare name, for the marks already kept)."""
-    return f"lakehouse/gold.{gold}<-{source if isinstance(source, TableRef) else f'silver.{source}'}"
+def app_id(gold: str, source: TableRef) -> str:
+    """The watermark of ``gold``'s input ``source`` (``lakehouse/gold.<table><-silver.orders``, as lakes keep it)."""
+    return f"lakehouse/gold.{gold}<-{source}"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from lakehouse import Settings, run
-from lakehouse.gold.build import partition_batches
+from lakehouse.gold.stage import partition_batches
 from lakehouse.table import TableFile
 from tests.oracle import SORT, assert_frames_match, expected
 

@@ -1,4 +1,4 @@
-"""The gold stage: plan from the inputs' logs what to rebuild, place the work on Ray, commit once.
+"""The gold stage (``build``): plan from the inputs' logs what to rebuild, place the work on Ray, commit once.
 
 Plan (driver, from the logs). Since the versions the table recorded, which output partitions (or keys) do the
 inputs' changes reach?
