@@ -1,5 +1,5 @@
-"""Benchmark: MERGE of 1% changed + 0.1% new rows into silver.lineitem, ours (distributed, lakehouse.merge) against
-delta-rs ``DeltaTable.merge`` in one process, on copies of the same table, measured in this script.
+"""Benchmark: MERGE of 1% changed + 0.1% new rows into silver.lineitem, ours (distributed, lakehouse.table.merge)
+against delta-rs ``DeltaTable.merge`` in one process, on copies of the same table, measured in this script.
 
     python bench/merge.py --scale-factor 1 [--workdir /tmp/lakehouse-bench]
 
@@ -75,8 +75,8 @@ def stage_source(root: Path, source: object) -> list:  # type: ignore[type-arg]
     """The source as a run's validate tasks leave it: staged by target partition, by tasks on the Ray workers (which
     a run's merge then finds warm). Not timed: delta-rs is given the source in memory."""
     from lakehouse import engine, silver, table
-    from lakehouse.files import DataFile
     from lakehouse.storage import Storage
+    from lakehouse.storage.files import DataFile
 
     storage = Storage(str(root))
     schema = table.snapshot(storage, silver.ref("lineitem")).schema
@@ -95,7 +95,7 @@ def _stage_month(item: dict, *, storage: object, path: str, schema: object) -> o
     import polars as pl
     import pyarrow as pa
 
-    from lakehouse.frames import without, write_frame
+    from lakehouse.storage.frames import without, write_frame
 
     month = dt.date.fromisoformat(item["month"])
     rows = pl.read_parquet(path).filter(pl.col("ship_month") == month).drop("ship_month")
@@ -108,8 +108,8 @@ def lakehouse_arm(root: Path, staged: list) -> object:  # type: ignore[type-arg]
     """Plan from the log, merge on Ray workers, commit once."""
     from examples.tpch.pipeline import PIPELINE
     from lakehouse import silver, table
-    from lakehouse.merge import MergeSpec, merge
     from lakehouse.storage import Storage
+    from lakehouse.table.merge import MergeSpec, merge
 
     storage = Storage(str(root))
     target = table.snapshot(storage, silver.ref("lineitem"))
@@ -159,9 +159,9 @@ def main() -> None:
     from lakehouse.settings import RaySettings
 
     with ray_session(RaySettings(num_cpus=2, object_store_bytes=1 << 30)):
-        from lakehouse.engine import _ensure_ray
+        from lakehouse.engine import ensure_ray
 
-        _ensure_ray()  # Ray's start-up is not the merge's: a run starts it once for all stages
+        ensure_ray()  # Ray's start-up is not the merge's: a run starts it once for all stages
         staged = stage_source(arms["lakehouse"], source)
         l_base = _tree_rss(os.getpid())
         result, l_secs, l_peak = timed(lakehouse_arm, arms["lakehouse"], staged)

@@ -35,17 +35,17 @@ def main() -> None:
 
     from lakehouse import engine, table
     from lakehouse.engine import ray_session
-    from lakehouse.frames import write_frame
-    from lakehouse.merge import GROUP_ROWS, SMALL_TARGET_ROWS, MergeSpec, commit, execute, merge
     from lakehouse.settings import RaySettings
     from lakehouse.storage import Storage
+    from lakehouse.storage.frames import write_frame
     from lakehouse.table import TableRef
+    from lakehouse.table.merge import GROUP_ROWS, SMALL_TARGET_ROWS, MergeSpec, commit, execute, merge
 
     schema = pa.schema([("k", pa.int64()), ("name", pa.string()), ("balance", pa.float64()), ("segment", pa.string())])
     ref = TableRef("silver", "t")
     work = Path(args.workdir)
     with ray_session(RaySettings(num_cpus=2, object_store_bytes=1 << 30)):
-        engine._ensure_ray()
+        engine.ensure_ray()
         for n in (int(x) for x in args.sizes.split(",")):
             rows = pl.DataFrame({"k": range(n), "name": [f"Customer#{i}" for i in range(n)],
                                  "balance": [float(i % 1000) for i in range(n)], "segment": ["BUILDING"] * n})

@@ -1,7 +1,7 @@
 """The ``medallion`` Prefect flow: a declared pipeline's stages in the order of their dependencies, one task per table.
 
 The flow only orchestrates: settings are built once at this edge, the pipeline is a parameter (a name, module:attr
-or path), and the library's run loop (``lakehouse.runner.execute``) runs the stages with Ray started once, each
+or path), and the library's run loop (``lakehouse.running.runner.execute``) runs the stages with Ray started once, each
 stage as a task that is one library call. Tasks run one at a time on purpose: two Ray Data pipelines at once
 deadlock a 2-CPU Ray (each holds a CPU the other waits for). Idempotency is the library's job (a rerun with nothing
 new commits nothing); Prefect retries only errors that say a retry can help.
@@ -59,7 +59,7 @@ def silver(ctx: RunContext, name: str) -> StageResult:
 @task(name="cdc", task_run_name="cdc.{name}", **_TASK_OPTIONS)
 def changes(ctx: RunContext, name: str) -> StageResult:
     """Apply the change events landed since the last run to ``silver.<name>`` and its history."""
-    return _logged(lakehouse.runner.apply_changes(ctx, name))
+    return _logged(lakehouse.running.runner.apply_changes(ctx, name))
 
 
 @task(name="gold", task_run_name="gold.{name}", **_TASK_OPTIONS)
@@ -112,17 +112,17 @@ def medallion(
     if (from_month is None) != (to_month is None):
         raise lakehouse.ConfigError("a backfill needs both from_month and to_month")
     months = (from_month, to_month) if from_month and to_month else None
-    stages = lakehouse.runner.plan(ctx, months, batch_months)
+    stages = lakehouse.running.runner.plan(ctx, months, batch_months)
     what = f"backfill of {from_month}..{to_month}" if months else f"full_refresh={full_refresh}"
     logger.info("run %s of pipeline %s on %s (%s): %d stages", ctx.run_id, pipeline, settings.root, what, len(stages))
     started = time.monotonic()
 
-    def as_task(stage: lakehouse.runner.Stage) -> StageResult:
+    def as_task(stage: lakehouse.running.runner.Stage) -> StageResult:
         return TASKS[stage.layer].with_options(task_run_name=stage.label)(stage.ctx, stage.name)
 
     # The library's run loop (one Ray for the run, stages one at a time, the run recorded whatever happens), each
     # stage as a Prefect task.
-    report = lakehouse.runner.execute(ctx, stages, call=as_task)
+    report = lakehouse.running.runner.execute(ctx, stages, call=as_task)
     _publish(ctx, report.results, time.monotonic() - started)
     if report.swept and (report.swept.count or report.swept.staging):
         logger.info("swept %d orphaned files and %d staging directories", report.swept.count,

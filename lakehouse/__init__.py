@@ -1,7 +1,5 @@
 """lakehouse: a medallion ETL engine (bronze → silver → gold Delta tables) on Ray Data, driven by Prefect."""
 
-from lakehouse import checks
-from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import (
     CommitConflict,
     ConfigError,
@@ -13,8 +11,20 @@ from lakehouse.errors import (
     TableError,
     TransformError,
 )
-from lakehouse.report import quality_report
-from lakehouse.runner import RunReport, backfill, build_gold, build_silver, ingest, pipeline_of, record, replay, run
+from lakehouse.quality import checks
+from lakehouse.running.context import RunContext, StageResult
+from lakehouse.running.report import quality_report
+from lakehouse.running.runner import (
+    RunReport,
+    backfill,
+    build_gold,
+    build_silver,
+    ingest,
+    pipeline_of,
+    record,
+    replay,
+    run,
+)
 from lakehouse.settings import RaySettings, Settings, settings_from_env
 from lakehouse.spec import (
     Cdc,

@@ -71,17 +71,18 @@ class Settings:
     # Quality gate, per silver table ("*" for every table): the largest share of a batch's rows that may go to
     # quarantine; above it the run fails before the table commits. A table without one has no such gate.
     max_quarantined_share: Mapping[str, float] = field(default_factory=dict)
-    # More gates, per silver table ("*" for every table), over the model's own (see lakehouse.checks.Gates): the range
-    # of valid rows an incremental batch may bring (None: unbounded), the freshness SLA in days (newest event date vs
-    # the run's logical date), and the tables whose source must deliver every run (no new rows fails empty_batch).
+    # More gates, per silver table ("*" for every table), over the model's own (see lakehouse.quality.checks.Gates):
+    # the range of valid rows an incremental batch may bring (None: unbounded), the freshness SLA in days (newest event
+    # date vs the run's logical date), and the tables whose source must deliver every run (no new rows fails
+    # empty_batch).
     batch_rows: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
     freshness_days: Mapping[str, float] = field(default_factory=dict)
     expect_delivery: tuple[str, ...] = ()
     # Ingest lag, per source ("*" for every source): the longest a landed file may wait for ingest (seconds, measured
     # at the start of a run) before the ingest_lag check fails.
     max_ingest_lag_seconds: Mapping[str, float] = field(default_factory=dict)
-    # A check's action other than its default (lakehouse.checks.DEFAULT_ACTIONS): "freshness" or "orders.freshness"
-    # -> "fail" or "warn".
+    # A check's action other than its default (lakehouse.quality.checks.DEFAULT_ACTIONS): "freshness" or
+    # "orders.freshness" -> "fail" or "warn".
     check_actions: Mapping[str, Literal["warn", "fail"]] = field(default_factory=dict)
 
     def with_root(self, root: str) -> Settings:

@@ -7,8 +7,8 @@ not parse to its column's type fails the row, like any other rule here.
 
 Each model's ``Config.metadata`` holds the rest of its contract: ``actions`` of row rules other than quarantine
 (``warn`` keeps the row and reports it, ``fail`` fails the run), and ``gates``, the table checks evaluated before a
-commit (see ``lakehouse.checks.Gates``). Thresholds a deployment sets (quarantined share, batch size, freshness) can
-be set or overridden in the settings.
+commit (see ``lakehouse.quality.checks.Gates``). Thresholds a deployment sets (quarantined share, batch size,
+freshness) can be set or overridden in the settings.
 """
 
 from __future__ import annotations

@@ -29,14 +29,14 @@ def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
 def cli(*args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None
         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "lakehouse.ops.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
         cwd=cwd,
     )
 
 
 def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "lakehouse.cli", *args],
+        [sys.executable, "-m", "lakehouse.ops.cli", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lakehouse import table
-from lakehouse.context import RunContext
+from lakehouse.running.context import RunContext
 from lakehouse.spec import Gold, Pipeline
 from lakehouse.storage import Storage
 from lakehouse.table import Snapshot, TableFile, TableRef

@@ -30,16 +30,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakehouse import engine, merge, silver, table
-from lakehouse.context import RunContext, StageResult
-from lakehouse.files import DataFile
-from lakehouse.frames import arrow_type
+from lakehouse import engine, silver, table
 from lakehouse.gold import tasks
 from lakehouse.gold.inputs import Input, Partitions, inputs, items, marks, ref, versions
+from lakehouse.quality.validation import model_dtypes
+from lakehouse.running.context import RunContext, StageResult
 from lakehouse.spec import Aggregate, Gold, Lookup, PerPartition, Pipeline
 from lakehouse.storage import Storage
-from lakehouse.table import Snapshot, TableFile
-from lakehouse.validation import model_dtypes
+from lakehouse.storage.files import DataFile
+from lakehouse.storage.frames import arrow_type
+from lakehouse.table import Snapshot, TableFile, merge
 
 log = logging.getLogger("lakehouse")
 # At most this many (partition) buckets for the final step of an aggregation.

@@ -17,14 +17,15 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
-from lakehouse import engine, merge
+from lakehouse import engine
 from lakehouse.errors import SchemaMismatch, TransformError
-from lakehouse.files import DataFile, partition_value, write_data_file
-from lakehouse.frames import partition_literal, read_files, to_arrow, without, write_frame
+from lakehouse.quality.validation import output_failures
 from lakehouse.spec import Aggregate, Lookup, PerPartition
 from lakehouse.spec.plans import Transform, parameters
 from lakehouse.storage import Storage
-from lakehouse.validation import output_failures
+from lakehouse.storage.files import DataFile, partition_value, write_data_file
+from lakehouse.storage.frames import partition_literal, read_files, to_arrow, without, write_frame
+from lakehouse.table import merge
 
 DELETE = "__delete"
 BUCKET = "__bucket"
@@ -139,7 +140,7 @@ class Output:
 
     @property
     def dtypes(self) -> dict[str, Any]:
-        from lakehouse.validation import model_dtypes
+        from lakehouse.quality.validation import model_dtypes
 
         return model_dtypes(self.model)
 

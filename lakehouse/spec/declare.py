@@ -292,7 +292,7 @@ def _unique(pipeline: str, what: str, names: list[str]) -> None:
 
 def model_columns(model: Any, where: str) -> dict[str, Any]:
     """Column -> polars dtype of a Pandera model, or a ConfigError naming ``where`` when it is not one."""
-    from lakehouse.validation import model_dtypes  # pandera's home
+    from lakehouse.quality.validation import model_dtypes  # pandera's home
 
     try:
         return model_dtypes(model)
@@ -301,7 +301,7 @@ def model_columns(model: Any, where: str) -> dict[str, Any]:
 
 
 def _referenced(model: Any) -> list[str]:
-    from lakehouse.validation import model_metadata
+    from lakehouse.quality.validation import model_metadata
 
     refs = (model_metadata(model).get("gates") or {}).get("references") or {}
     return [str(target).split(".", 1)[0] for target in refs.values()]

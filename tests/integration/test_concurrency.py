@@ -13,10 +13,10 @@ import pytest
 
 import lakehouse
 from lakehouse import CommitConflict, table
-from lakehouse.files import read_data_file, write_data_file
-from lakehouse.frames import to_frame
 from lakehouse.settings import Settings
 from lakehouse.storage import Storage
+from lakehouse.storage.files import read_data_file, write_data_file
+from lakehouse.storage.frames import to_frame
 from lakehouse.table import TableRef, commit, snapshot
 from tests.conftest import RAY, Clean
 from tests.harness import assert_same_lake, cli_env, contents, start, versions

@@ -1,7 +1,7 @@
 """A ``lakehouse run`` killed anywhere leaves every table at a committed version; a plain rerun then brings every
 table to exactly what a clean run gives, and the sweep removes what the killed attempts wrote.
 
-The runs are real subprocesses, killed with SIGKILL at fail points (``lakehouse.faults``) on every kind of stage
+The runs are real subprocesses, killed with SIGKILL at fail points (``lakehouse.ops.faults``) on every kind of stage
 boundary, and at random moments.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse import query
+from lakehouse.ops import query
 from lakehouse.storage import Storage
 from lakehouse.table import list_tables, orphans
 from tests.conftest import Clean
@@ -119,18 +119,18 @@ def test_killed_at_random_moments_a_rerun_gives_the_clean_tables(landed: Path, c
 def test_a_worker_that_dies_once_is_retried_and_the_run_completes(landed: Path, clean: Clean, tmp_path: Path) -> None:
     state = tmp_path / "failpoints"
     state.mkdir()
-    env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS="worker:_merge_partition=killonce",
+    env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS="worker:merge_partition=killonce",
                   LAKEHOUSE_FAILPOINTS_STATE=str(state))
 
     done = cli("run", "--root", str(landed), env=env)
 
-    assert (state / "worker:_merge_partition.fired").exists(), "the worker was killed"
+    assert (state / "worker:merge_partition.fired").exists(), "the worker was killed"
     assert done.returncode == 0, done.stderr
     assert_same_lake(contents(landed), clean.tables)
 
 
 def test_a_worker_that_always_dies_fails_the_table_cleanly(landed: Path, clean: Clean, tmp_path: Path) -> None:
-    env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS="worker:_merge_partition=kill")
+    env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS="worker:merge_partition=kill")
 
     done = cli("run", "--root", str(landed), env=env, timeout=600)
 

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from lakehouse import table
 from lakehouse.errors import CommitConflict
-from lakehouse.files import DataFile
-from lakehouse.frames import without, write_frame
-from lakehouse.merge import MergeResult, MergeSpec, commit, execute, merge, small
 from lakehouse.storage import Storage
+from lakehouse.storage.files import DataFile
+from lakehouse.storage.frames import without, write_frame
 from lakehouse.table import TableRef
+from lakehouse.table.merge import MergeResult, MergeSpec, commit, execute, merge, small
 
 pytestmark = pytest.mark.integration
 

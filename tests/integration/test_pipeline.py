@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
 import lakehouse
-from lakehouse.query import query
+from lakehouse.ops.query import query
 from lakehouse.storage import Storage
 from tests.conftest import Lake
 from tests.oracle import SORT, assert_frames_match, expected

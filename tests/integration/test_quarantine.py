@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable
 
 import lakehouse
-from lakehouse.query import query
+from lakehouse.ops.query import query
 from lakehouse.storage import Storage
 from tests.conftest import ANY_SHARE, Lake
 

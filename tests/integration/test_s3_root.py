@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from lakehouse import RaySettings, Settings, run
-from lakehouse.query import query
+from lakehouse.ops.query import query
 from lakehouse.storage import Storage
 from tests.oracle import SORT, assert_frames_match, expected
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from lakehouse import CommitConflict
-from lakehouse.files import write_data_file
 from lakehouse.storage import Storage
+from lakehouse.storage.files import write_data_file
 from lakehouse.table import TableRef, commit, snapshot, txn_version
 
 pytestmark = pytest.mark.integration

@@ -47,7 +47,7 @@ def test_cli_exits_nonzero_with_one_clear_message(tmp_path: Path) -> None:
     env = {"LAKEHOUSE_RAY_CPUS": "2", "LAKEHOUSE_RAY_OBJECT_STORE_BYTES": str(256 << 20),
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "run", "--root", str(root)],
+        [sys.executable, "-m", "lakehouse.ops.cli", "run", "--root", str(root)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 1

@@ -10,14 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lakehouse.bronze import _read_csv, _read_json, _read_parquet, bronze_schema, file_format
+from lakehouse.bronze import bronze_schema, file_format
+from lakehouse.bronze.read import read_csv, read_json, read_parquet
 from lakehouse.errors import SourceFileError
 
 
 def test_csv_values_are_strings_and_lines_count_the_header_as_one() -> None:
     raw = b"k,price,day\n1,10.50,1995-03-01\n007,,1995-03-02\n"
 
-    rows, lines, bad = _read_csv(raw, "raw/t/a.csv")
+    rows, lines, bad = read_csv(raw, "raw/t/a.csv")
 
     assert rows.schema == pa.schema([("k", pa.string()), ("price", pa.string()), ("day", pa.string())])
     # leading zeros kept, an empty field is an empty string (validation decides what it means)
@@ -32,7 +33,7 @@ def test_csv_malformed_lines_are_set_aside_with_their_line_number_text_and_reaso
     # given a file with a short line and a long line between good ones
     raw = b"a,b,c\n1,2,3\n4,5\n6,7,8\n9,10,11,12\n13,14,15\n"
 
-    rows, lines, bad = _read_csv(raw, "raw/t/a.csv")
+    rows, lines, bad = read_csv(raw, "raw/t/a.csv")
 
     # then the good rows keep their own line numbers, and the bad ones are reported with theirs
     assert rows.column("a").to_pylist() == ["1", "6", "13"]
@@ -44,7 +45,7 @@ def test_csv_malformed_lines_are_set_aside_with_their_line_number_text_and_reaso
 
 
 def test_csv_crlf_line_endings() -> None:
-    rows, lines, bad = _read_csv(b"a,b,c\r\n1,2,3\r\n4,5\r\n6,7,8\r\n", "raw/t/a.csv")
+    rows, lines, bad = read_csv(b"a,b,c\r\n1,2,3\r\n4,5\r\n6,7,8\r\n", "raw/t/a.csv")
     assert rows.to_pylist() == [{"a": "1", "b": "2", "c": "3"}, {"a": "6", "b": "7", "c": "8"}]
     assert lines == [2, 4]
     assert [b[:2] for b in bad] == [(3, "4,5")]
@@ -54,7 +55,7 @@ def test_csv_quoted_newlines_stay_inside_the_value_and_numbering_counts_records(
     # given a record whose quoted value spans two physical lines, then a malformed record, then a good one
     raw = b'a,b,c\n1,"first\nsecond",3\n4,5\n6,"x,y",8\n'
 
-    rows, lines, bad = _read_csv(raw, "raw/t/a.csv")
+    rows, lines, bad = read_csv(raw, "raw/t/a.csv")
 
     assert rows.to_pylist() == [{"a": "1", "b": "first\nsecond", "c": "3"}, {"a": "6", "b": "x,y", "c": "8"}]
     # numbers are record numbers (documented): the two-line record is record 2, the malformed one record 3
@@ -65,7 +66,7 @@ def test_csv_quoted_newlines_stay_inside_the_value_and_numbering_counts_records(
 def test_csv_blank_lines_still_count_as_lines() -> None:
     raw = b"a,b,c\n1,2,3\n\n4,5,6\n7,8\n"
 
-    rows, lines, bad = _read_csv(raw, "raw/t/a.csv")
+    rows, lines, bad = read_csv(raw, "raw/t/a.csv")
 
     assert rows.column("a").to_pylist() == ["1", "4"]
     assert lines == [2, 4]
@@ -73,13 +74,13 @@ def test_csv_blank_lines_still_count_as_lines() -> None:
 
 
 def test_csv_header_only_gives_no_rows() -> None:
-    rows, lines, bad = _read_csv(b"a,b\n", "raw/t/a.csv")
+    rows, lines, bad = read_csv(b"a,b\n", "raw/t/a.csv")
     assert rows.num_rows == 0 and rows.column_names == ["a", "b"] and lines == [] and bad == []
 
 
 def test_csv_empty_file_is_a_source_file_error() -> None:
     with pytest.raises(SourceFileError) as info:
-        _read_csv(b"", "raw/t/empty.csv")
+        read_csv(b"", "raw/t/empty.csv")
     assert info.value.path == "raw/t/empty.csv"
 
 
@@ -87,7 +88,7 @@ def test_csv_with_a_utf8_byte_order_mark() -> None:
     # given a file saved by a spreadsheet tool, with a BOM before the header
     raw = b"\xef\xbb\xbfk,name\n007,x\n"
 
-    rows, lines, _ = _read_csv(raw, "raw/t/excel.csv")
+    rows, lines, _ = read_csv(raw, "raw/t/excel.csv")
 
     assert rows.schema == pa.schema([("k", pa.string()), ("name", pa.string())])
     assert rows.to_pylist() == [{"k": "007", "name": "x"}]
@@ -105,7 +106,7 @@ def test_json_lines_with_invalid_json_and_non_objects() -> None:
         b'"just a string"\n'
     )
 
-    rows, lines, bad = _read_json(raw, "raw/t/a.ndjson")
+    rows, lines, bad = read_json(raw, "raw/t/a.ndjson")
 
     # then objects become rows of strings (nested values as JSON text), with their line numbers
     assert rows.schema == pa.schema([(c, pa.string()) for c in ("k", "name", "nested", "flag")])
@@ -124,10 +125,10 @@ def test_a_null_line_is_a_tombstone_only_in_change_events() -> None:
     raw = b'{"k": 1}\nnull\n{"k": 2}\n'
 
     # a change-event source: Kafka's tombstone after a delete, no record
-    rows, lines, bad = _read_json(raw, "raw/customer_cdc/a.ndjson", tombstones=True)
+    rows, lines, bad = read_json(raw, "raw/customer_cdc/a.ndjson", tombstones=True)
     assert (rows.num_rows, lines, bad) == (2, [1, 3], [])
     # any other source: a malformed line, set aside with its number
-    rows, lines, bad = _read_json(raw, "raw/orders/a.ndjson")
+    rows, lines, bad = read_json(raw, "raw/orders/a.ndjson")
     assert (rows.num_rows, lines, bad) == (2, [1, 3], [(2, "null", "expected a JSON object, found null")])
 
 
@@ -136,7 +137,7 @@ def test_json_line_separator_characters_inside_a_string_value() -> None:
     records = [{"k": 1, "comment": "first\u2028second"}, {"k": 2, "comment": "next\x85line"}]
     raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
-    rows, lines, bad = _read_json(raw, "raw/t/a.ndjson")
+    rows, lines, bad = read_json(raw, "raw/t/a.ndjson")
 
     assert bad == []
     assert rows.to_pylist() == [{"k": "1", "comment": "first\u2028second"}, {"k": "2", "comment": "next\x85line"}]
@@ -157,7 +158,7 @@ def test_parquet_values_become_strings_numbered_from_one() -> None:
         buf,
     )
 
-    rows, lines, bad = _read_parquet(buf.getvalue(), "raw/t/a.parquet")
+    rows, lines, bad = read_parquet(buf.getvalue(), "raw/t/a.parquet")
 
     assert rows.schema == pa.schema([(c, pa.string()) for c in ("k", "price", "day", "name")])
     assert rows.to_pylist() == [
@@ -169,7 +170,7 @@ def test_parquet_values_become_strings_numbered_from_one() -> None:
 
 def test_unreadable_parquet_is_a_source_file_error() -> None:
     with pytest.raises(SourceFileError) as info:
-        _read_parquet(b"this is not parquet", "raw/t/broken.parquet")
+        read_parquet(b"this is not parquet", "raw/t/broken.parquet")
     assert info.value.path == "raw/t/broken.parquet"
 
 
@@ -187,7 +188,7 @@ def test_an_unclosed_quote_is_refused_naming_the_line_it_opened_on() -> None:
     # pyarrow would read this as one row whose last value swallows the rest of the file
     raw = b'a,b\n1,"x ""quoted"" fine"\n2,"never closed\n3,z\n4,w\n'
     with pytest.raises(SourceFileError, match="opened on line 3 is never closed"):
-        _read_csv(raw, "raw/t/quote.csv")
+        read_csv(raw, "raw/t/quote.csv")
 
 
 def test_compressed_text_files_have_their_inner_format() -> None:
@@ -198,10 +199,10 @@ def test_compressed_text_files_have_their_inner_format() -> None:
 
 
 def test_a_quote_inside_an_unquoted_value_is_just_a_character() -> None:
-    rows, lines, bad = _read_csv(b'a,b\n1,12" pizza\n2,"say ""hi"", then go"\n', "raw/t/ok.csv")
+    rows, lines, bad = read_csv(b'a,b\n1,12" pizza\n2,"say ""hi"", then go"\n', "raw/t/ok.csv")
     assert rows.column("b").to_pylist() == ['12" pizza', 'say "hi", then go'] and lines == [2, 3] and not bad
 
 
 def test_ndjson_that_is_not_utf8_is_refused_wherever_the_bad_byte_is() -> None:
     with pytest.raises(SourceFileError, match="byte 0xe9 at offset 10"):
-        _read_json('{"x": "caf\u00e9"}'.encode("latin-1"), "raw/t/latin1.ndjson")
+        read_json('{"x": "caf\u00e9"}'.encode("latin-1"), "raw/t/latin1.ndjson")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lakehouse.cdc import SNAPSHOT_LSN, chains, current, parse_events
-from lakehouse.validation import ROW_ID
+from lakehouse.quality.validation import ROW_ID
 from schemas.tpch import Customer
 
 KEYS = ("c_custkey",)

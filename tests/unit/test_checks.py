@@ -8,10 +8,10 @@ import math
 import polars as pl
 import pytest
 
-from lakehouse import checks
 from lakehouse.errors import ConfigError
+from lakehouse.quality import checks
+from lakehouse.quality.validation import model_metadata
 from lakehouse.settings import Settings, settings_from_env
-from lakehouse.validation import model_metadata
 from schemas.tpch import Lineitem, Orders
 
 

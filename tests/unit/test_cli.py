@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from lakehouse.cli import _parser, main
+from lakehouse.ops.cli import _parser, main
 
 
 @pytest.fixture

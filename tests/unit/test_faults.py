@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lakehouse import faults
-from lakehouse.runner import backfill_batches, month_range
+from lakehouse.ops import faults
+from lakehouse.running.runner import backfill_batches, month_range
 
 
 def test_an_unarmed_point_does_nothing_and_an_armed_one_raises(monkeypatch: pytest.MonkeyPatch) -> None:

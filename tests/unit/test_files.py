@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from lakehouse.files import (
+from lakehouse.storage import Storage
+from lakehouse.storage.files import (
     DataFile,
     delta_stats,
     partition_dir,
@@ -17,7 +18,6 @@ from lakehouse.files import (
     read_data_file,
     write_data_file,
 )
-from lakehouse.storage import Storage
 
 
 def _stats(data: pa.Table, **kwargs: object) -> dict:
@@ -119,7 +119,7 @@ def test_a_file_written_batch_by_batch_has_the_stats_and_row_groups_of_one_writt
     import polars as pl
     import pyarrow.parquet as pq
 
-    from lakehouse import files
+    from lakehouse.storage import files
 
     # given batches where a long string, a NaN-only float and an all-null column show up in some batches only
     batches = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from lakehouse.files import write_data_file
-from lakehouse.maintenance import sweep
+from lakehouse.ops.maintenance import sweep
 from lakehouse.storage import Storage
+from lakehouse.storage.files import write_data_file
 from lakehouse.table import TableRef, commit, orphans, referenced_paths, snapshot
 
 REF = TableRef("silver", "t")

@@ -10,7 +10,7 @@ import pytest
 from deltalake import write_deltalake
 
 from lakehouse.errors import QueryError
-from lakehouse.query import _quote_meta, query, render
+from lakehouse.ops.query import _quote_meta, query, render
 from lakehouse.storage import Storage
 
 

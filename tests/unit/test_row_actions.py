@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lakehouse.errors import ConfigError
-from lakehouse.validation import ROW_ID, split_valid
+from lakehouse.quality.validation import ROW_ID, split_valid
 from schemas.tpch import Lineitem, Orders
 
 GOOD_LINE = {
@@ -108,7 +108,7 @@ def test_property_warned_rows_stay_rejected_rows_leave_and_none_is_lost(rows: li
 
 
 def test_action_keys_must_name_a_check_of_the_model() -> None:
-    from lakehouse.validation import validate_actions
+    from lakehouse.quality.validation import validate_actions
 
     class Typo(Orders):
         class Config:

@@ -7,13 +7,13 @@ import gzip
 import pytest
 
 from lakehouse import ConfigError, Source
-from lakehouse.bronze import _read_csv, _read_landed
+from lakehouse.bronze.read import read_csv, read_landed
 from lakehouse.storage import Storage
 
 
 def test_a_semicolon_file_with_single_quotes_and_null_markers_reads_as_declared() -> None:
     raw = b"id;name;note\n1;'Smith; John';NULL\n2;Ann;\\N\n3;'it''s';''\n"
-    rows, lines, bad = _read_csv(raw, "raw/t/a.csv", delimiter=";", quote="'", nulls=("NULL", "\\N"))
+    rows, lines, bad = read_csv(raw, "raw/t/a.csv", delimiter=";", quote="'", nulls=("NULL", "\\N"))
     assert bad == [] and lines == [2, 3, 4]
     assert rows.column("name").to_pylist() == ["Smith; John", "Ann", "it's"]
     # a marker is no value; a quoted empty value stays an empty value
@@ -21,7 +21,7 @@ def test_a_semicolon_file_with_single_quotes_and_null_markers_reads_as_declared(
 
 
 def test_without_null_markers_every_value_is_kept_as_landed() -> None:
-    rows, _, _ = _read_csv(b"id,note\n1,NULL\n2,\n", "raw/t/a.csv")
+    rows, _, _ = read_csv(b"id,note\n1,NULL\n2,\n", "raw/t/a.csv")
     assert rows.column("note").to_pylist() == ["NULL", ""]
 
 
@@ -29,13 +29,13 @@ def test_an_unclosed_quote_is_found_with_the_declared_quote_and_delimiter() -> N
     from lakehouse.errors import SourceFileError
 
     with pytest.raises(SourceFileError, match="opened on line 3 is never closed"):
-        _read_csv(b"a;b\n1;x\n2;'never\n3;y\n", "raw/t/q.csv", delimiter=";", quote="'")
+        read_csv(b"a;b\n1;x\n2;'never\n3;y\n", "raw/t/q.csv", delimiter=";", quote="'")
 
 
 def test_a_declared_gzip_source_is_decompressed_whatever_its_extension(tmp_path: object) -> None:
     storage = Storage(str(tmp_path))
     storage.write_bytes_atomic("raw/t/part-0.csv", gzip.compress(b"a,b\n1,2\n"))
-    rows, lines, _ = _read_landed(storage, "raw/t/part-0.csv", "csv", Source("t", format="csv", compression="gzip"))
+    rows, lines, _ = read_landed(storage, "raw/t/part-0.csv", "csv", Source("t", format="csv", compression="gzip"))
     assert rows.to_pylist() == [{"a": "1", "b": "2"}] and lines == [2]
 
 

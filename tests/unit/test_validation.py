@@ -11,7 +11,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lakehouse.validation import ROW_ID, model_dtypes, split_valid
+from lakehouse.quality.validation import ROW_ID, model_dtypes, split_valid
 from schemas.tpch import Lineitem, Orders
 
 GOOD_ORDER = {

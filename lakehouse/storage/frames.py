@@ -8,8 +8,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from lakehouse.files import DataFile, read_data_file, write_data_file
 from lakehouse.storage import Storage
+from lakehouse.storage.files import DataFile, read_data_file, write_data_file
 
 POLARS_TO_ARROW: dict[Any, pa.DataType] = {
     pl.Int64: pa.int64(),

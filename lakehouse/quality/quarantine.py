@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse import engine, table
-from lakehouse.files import DataFile, read_data_file, write_data_file
 from lakehouse.storage import Storage
+from lakehouse.storage.files import DataFile, read_data_file, write_data_file
 from lakehouse.table import TableFile, TableRef
 
 SCHEMA = pa.schema(

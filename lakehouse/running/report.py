@@ -3,8 +3,8 @@ record in ``_meta`` can be rendered as anywhere else)."""
 
 from __future__ import annotations
 
-from lakehouse.context import RunContext, StageResult
 from lakehouse.errors import LakehouseError
+from lakehouse.running.context import RunContext, StageResult
 
 
 def quality_report(ctx: RunContext, results: list[StageResult]) -> str:
@@ -54,7 +54,7 @@ def _quarantine_sample(ctx: RunContext, table: str, limit: int = 5) -> list[str]
     """Up to ``limit`` of the rows this run quarantined for ``table``, as a markdown table."""
     sql = (f"SELECT stage, \"check\", \"column\", value, _source_file, _source_line FROM quarantine.{table} "
            f"WHERE _run_id = '{ctx.run_id}' ORDER BY _source_file, _source_line LIMIT {limit}")
-    from lakehouse.query import query  # DuckDB, loaded only when a run quarantined rows
+    from lakehouse.ops.query import query  # DuckDB, loaded only when a run quarantined rows
 
     try:
         rows = query(ctx.storage, sql).to_pylist()

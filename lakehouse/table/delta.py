@@ -22,10 +22,10 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
-from lakehouse import faults
 from lakehouse.errors import CommitConflict, TableError
-from lakehouse.files import DataFile
+from lakehouse.ops import faults
 from lakehouse.storage import Storage
+from lakehouse.storage.files import DataFile
 
 META_PREFIX = "lakehouse."
 
@@ -212,7 +212,7 @@ def merge_rows(
     """delta-rs MERGE of ``rows`` (one per key) into the table at ``base``'s version, in this process, committed with
     no retries (a concurrent commit raises :class:`CommitConflict`). A matched row is deleted when ``delete_column``
     is true, updated when a ``compare`` column differs and its ``newer`` columns are not older; a new key is inserted
-    unless it is a delete. Returns delta-rs' counts. Used for small targets (see ``lakehouse.merge``)."""
+    unless it is a delete. Returns delta-rs' counts. Used for small targets (see ``lakehouse.table.merge``)."""
     ref = base.ref
     dt = _open(storage, ref, base.version)
     if dt is None:

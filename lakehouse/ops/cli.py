@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lakehouse import maintenance, query, runner
 from lakehouse.errors import ConfigError, LakehouseError
+from lakehouse.ops import maintenance, query
+from lakehouse.running import runner
 from lakehouse.settings import Settings, settings_from_env
 from lakehouse.storage import Storage
 
@@ -176,7 +177,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from lakehouse import project
+    from lakehouse.ops import project
 
     written = project.init(args.directory, args.example)
     base = Path(args.directory).resolve()
@@ -191,8 +192,8 @@ def _init(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    from lakehouse import dryrun
-    from lakehouse.context import RunContext
+    from lakehouse.running import dryrun
+    from lakehouse.running.context import RunContext
 
     settings = _settings(args)
     ctx = RunContext.start(settings, full_refresh=args.full_refresh)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lakehouse import bronze, gold, rejected_files, silver, table
-from lakehouse.context import RunContext
+from lakehouse import bronze, gold, silver, table
+from lakehouse.quality import rejected_files
+from lakehouse.running.context import RunContext
 from lakehouse.spec import Aggregate, Gold, PerPartition, Pipeline
 
 

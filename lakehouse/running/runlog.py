@@ -11,8 +11,9 @@ import json
 
 import pyarrow as pa
 
-from lakehouse import faults, table
-from lakehouse.context import RunContext, StageResult
+from lakehouse import table
+from lakehouse.ops import faults
+from lakehouse.running.context import RunContext, StageResult
 from lakehouse.table import TableRef
 
 REF = TableRef("_meta", "runs")

@@ -7,7 +7,7 @@ so nothing is lost and they can be replayed. A rule whose action is ``warn`` kee
 Actions are the model's: ``class Config: metadata = {"actions": {"usual_discount": "warn"}}``, keyed by check name
 (``less_than_or_equal_to`` for ``Field(le=...)``) or ``column.check``. A value that does not parse can only be
 quarantined or fail (there is nothing typed to keep). The model's ``metadata["gates"]`` are its table checks (see
-``lakehouse.checks``).
+``lakehouse.quality.checks``).
 """
 
 from __future__ import annotations

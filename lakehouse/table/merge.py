@@ -41,9 +41,9 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import engine, table
-from lakehouse.files import DataFile, DataFileWriter, iter_data_file
-from lakehouse.frames import read_files, to_arrow, to_frame, without, write_frame
 from lakehouse.storage import Storage
+from lakehouse.storage.files import DataFile, DataFileWriter, iter_data_file
+from lakehouse.storage.frames import read_files, to_arrow, to_frame, without, write_frame
 from lakehouse.table import Snapshot, TableFile
 
 REPORT = pa.schema([("kind", pa.string()), ("path", pa.string()), ("file", pa.string()), ("info", pa.string())])

@@ -16,13 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lakehouse import bronze, cdc, checks, engine, gold, maintenance, runlog, silver
-from lakehouse.context import RunContext, StageResult
+from lakehouse import bronze, cdc, engine, gold, silver
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
+from lakehouse.ops import maintenance
+from lakehouse.quality import checks
+from lakehouse.quality.validation import model_dtypes, validate_actions
+from lakehouse.running import runlog
+from lakehouse.running.context import RunContext, StageResult
 from lakehouse.settings import Settings
 from lakehouse.spec import Pipeline
 from lakehouse.spec import loader as spec_loader
-from lakehouse.validation import model_dtypes, validate_actions
 
 log = logging.getLogger("lakehouse")
 

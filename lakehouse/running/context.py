@@ -79,7 +79,8 @@ class StageResult:
     # The versions of the input tables this stage read ("bronze.orders" -> 7), so a user can ask which silver
     # version a gold table was built from; bronze reads landed files and records how many it has ingested in all.
     inputs: dict[str, int] = field(default_factory=dict)
-    # The quality checks evaluated for this table in this run (lakehouse.checks.CheckResult), recorded in _meta.checks.
+    # The quality checks evaluated for this table in this run (lakehouse.quality.checks.CheckResult), recorded in
+    # _meta.checks.
     checks: list[Any] = field(default_factory=list)
     # Where this stage's rejected rows go, quarantine.<name>, when not the table's own name (a change stage's go to its
     # source's: silver.customer_history -> quarantine.customer_cdc).

@@ -1,7 +1,7 @@
 """Fail points: named places where a test can make a real run crash, to prove what a crash leaves behind.
 
 A fail point is armed through ``LAKEHOUSE_FAILPOINTS`` (the one channel that reaches a ``lakehouse run`` subprocess
-and the Ray workers it starts), e.g. ``silver.orders:before_commit=kill;worker:_merge_partition=raise``:
+and the Ray workers it starts), e.g. ``silver.orders:before_commit=kill;worker:merge_partition=raise``:
 
 * ``kill``: SIGKILL the current process at that point (the driver: the whole run dies; a Ray worker: Ray sees a
   dead worker);

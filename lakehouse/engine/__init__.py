@@ -1,0 +1,28 @@
+"""Ray: the one home of ``ray``. The session (:mod:`.session`: started on first use inside :func:`ray_session`, never
+at import time) and the few ways work goes onto workers (:mod:`.tasks`)."""
+
+from lakehouse.engine.session import ensure_ray, ray_session, start_seconds
+from lakehouse.engine.tasks import (
+    TASK_RETRIES,
+    broadcast,
+    collect,
+    combine,
+    fetch,
+    map_items,
+    original,
+    run_tasks,
+)
+
+__all__ = [
+    "TASK_RETRIES",
+    "broadcast",
+    "collect",
+    "combine",
+    "ensure_ray",
+    "fetch",
+    "map_items",
+    "original",
+    "ray_session",
+    "run_tasks",
+    "start_seconds",
+]

@@ -1,0 +1,42 @@
+"""Delta tables: deltalake's home (:mod:`.delta`: snapshots, the one commit builder, log reading) and MERGE on keys
+(:mod:`.merge`, planned from the log and executed on workers)."""
+
+from lakehouse.table.delta import (
+    META_PREFIX,
+    Orphan,
+    Snapshot,
+    TableFile,
+    TableRef,
+    add_columns,
+    append_rows,
+    commit,
+    commits_since,
+    delete_files,
+    list_tables,
+    merge_rows,
+    orphans,
+    referenced_paths,
+    snapshot,
+    to_arrow_dataset,
+    txn_version,
+)
+
+__all__ = [
+    "META_PREFIX",
+    "Orphan",
+    "Snapshot",
+    "TableFile",
+    "TableRef",
+    "add_columns",
+    "append_rows",
+    "commit",
+    "commits_since",
+    "delete_files",
+    "list_tables",
+    "merge_rows",
+    "orphans",
+    "referenced_paths",
+    "snapshot",
+    "to_arrow_dataset",
+    "txn_version",
+]
