@@ -8,10 +8,12 @@ line number, and writes Parquet into the bronze table (and the quarantine table)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -35,15 +37,29 @@ LINEAGE = pa.schema(
     ]
 )
 log = logging.getLogger("lakehouse")
-META = pa.schema(
-    [
-        ("kind", pa.string()),
-        ("file", pa.string()),
-        ("landed", pa.string()),
-        ("raw_rows", pa.int64()),
-        ("columns", pa.string()),
-    ]
-)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """A landed file written into bronze (uncommitted): its data file, its rows as landed (malformed lines included),
+    its data columns in file order, and the quarantine file of its malformed lines, if it had any."""
+
+    landed: str
+    file: DataFile
+    raw_rows: int
+    columns: tuple[str, ...]
+    quarantined: DataFile | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A landed file that could not be read at all (``Settings.bad_files == "reject"``), as
+    ``_meta.rejected_files`` records it."""
+
+    path: str
+    size: int
+    mtime_ms: int
+    error: str
 
 
 def ref(source: str) -> TableRef:
@@ -113,16 +129,17 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
         "expected": expected, "reject_bad": ctx.settings.bad_files == "reject", "evolve": evolve,
         "required": sorted(required) if evolve else None, "declared": declared,
     }
-    meta = engine.collect(engine.run_tasks(pending, _ingest_file, fn_kwargs=kwargs))
-    bad_files = [json.loads(m["file"]) for m in meta if m["kind"] == "rejected"]
+    reports = engine.map_items(pending, ingest_file, fn_kwargs=kwargs)
+    bad_files = [r for r in reports if isinstance(r, Rejected)]
+    ingested_files = [r for r in reports if isinstance(r, Ingested)]
     if bad_files:
         first = bad_files[0]
         rejects = f"rejected {len(bad_files)} unreadable file(s) (see _meta.rejected_files)"
-        note = "; ".join(filter(None, [note, f"{rejects}, e.g. {first['path']}: {first['error']}"]))
+        note = "; ".join(filter(None, [note, f"{rejects}, e.g. {first.path}: {first.error}"]))
         log.warning("%s: %s", result.table, note)
-    data = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "bronze"]
-    rejected = [DataFile.from_json(m["file"]) for m in meta if m["kind"] == "quarantine"]
-    columns = _agree_on_columns(source, meta, expected, evolve=evolve)
+    data = [r.file for r in ingested_files]
+    rejected = [r.quarantined for r in ingested_files if r.quarantined is not None]
+    columns = _agree_on_columns(source, ingested_files, expected, evolve=evolve)
     added = [c for c in columns if expected is not None and c not in expected]
     if added and data:
         # A version of its own, just before the data's: a crash in between leaves a table with empty new columns.
@@ -130,7 +147,7 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
         note = "; ".join(filter(None, [note, f"added column(s) {', '.join(added)} (new in landed files)"]))
     result.files_in = len(pending)
     result.files_rejected = len(bad_files)
-    result.rows_in = sum(m["raw_rows"] for m in meta if m["kind"] == "bronze")
+    result.rows_in = sum(r.raw_rows for r in ingested_files)
     result.rows_written = sum(f.rows for f in data)
     result.rows_quarantined = sum(f.rows for f in rejected)
     result.inputs = {f"raw.{source}": ingested + len(data)}
@@ -142,7 +159,7 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
             app_transactions={app_id(source): ingested + len(data)},
         )
     # After the data commit: a crash in between only means the bad file is read (and rejected) again.
-    rejected_files.record(storage, source, bad_files, ctx.run_id)
+    rejected_files.record(storage, source, [dataclasses.asdict(r) for r in bad_files], ctx.run_id)
     result.finish("committed" if data else "skipped", note)
     checks.enforce(result.checks, f"; the waiting files were ingested all the same (version {result.version})")
     return result
@@ -172,22 +189,20 @@ def data_columns(schema: pa.Schema | None) -> list[str]:
 
 
 def _agree_on_columns(
-    source: str, meta: list[dict[str, Any]], expected: list[str] | None, *, evolve: bool
+    source: str, ingested: list[Ingested], expected: list[str] | None, *, evolve: bool
 ) -> list[str]:
     """The bronze columns: the table's, or on a first ingest the first file's; every file must have the same set
     (in any order: Delta readers match columns by name). With ``evolve``, columns new to the table are added (the
     workers already refused a file missing one of the table's columns)."""
     columns = expected
-    for m in meta:
-        if m["kind"] != "bronze":
-            continue
-        cols = json.loads(m["columns"])
+    for m in ingested:
+        cols = list(m.columns)
         if columns is None:
             columns = cols
         elif evolve:
             columns = columns + [c for c in cols if c not in columns]
         elif set(cols) != set(columns):
-            raise SchemaMismatch(_describe_difference(columns, cols), table=f"bronze.{source}", path=m["landed"])
+            raise SchemaMismatch(_describe_difference(columns, cols), table=f"bronze.{source}", path=m.landed)
     return columns or []
 
 
@@ -201,7 +216,7 @@ def _describe_difference(expected: list[str], got: list[str]) -> str:
 # --- worker side -------------------------------------------------------------------------------------------------
 
 
-def _ingest_file(
+def ingest_file(
     item: dict[str, Any],
     *,
     storage: Storage,
@@ -213,18 +228,14 @@ def _ingest_file(
     evolve: bool,
     required: list[str] | None,
     declared: Source | None = None,
-) -> pa.Table:
+) -> list[Ingested | Rejected]:
     path, fmt = item["path"], item["format"]
     try:
         rows, lines, bad = read_landed(storage, path, fmt, declared or Source(source))
     except SourceFileError as e:
         if not reject_bad:
             raise
-        rejected = {"path": path, "size": item["size"], "mtime_ms": item["mtime_ms"], "error": e.message}
-        return pa.Table.from_pylist(
-            [{"kind": "rejected", "file": json.dumps(rejected), "landed": path, "raw_rows": 0, "columns": "[]"}],
-            schema=META,
-        )
+        return [Rejected(path, item["size"], item["mtime_ms"], e.message)]
     if evolve:
         _check_new_names(rows.column_names, expected or [], required or [], source, path)
     if expected is None and required:  # a first ingest under evolve: the models' columns must still be there
@@ -256,15 +267,7 @@ def _ingest_file(
     written = write_data_file(
         storage, ref(source).rel, rows, prefix=f"part-{run_id}", constant={"_source_file": path}
     )
-    out = [
-        {
-            "kind": "bronze",
-            "file": written.to_json(),
-            "landed": path,
-            "raw_rows": n + len(bad),
-            "columns": json.dumps(rows.column_names[: -len(LINEAGE)]),
-        }
-    ]
+    qfile = None
     if bad:
         q = quarantine.records(
             stage="bronze",
@@ -278,5 +281,4 @@ def _ingest_file(
             run_id=run_id,
         )
         qfile = quarantine.write(storage, source, q, stage="bronze", source_file=path, run_id=run_id)
-        out.append({"kind": "quarantine", "file": qfile.to_json(), "landed": path, "raw_rows": 0, "columns": "[]"})
-    return pa.Table.from_pylist(out, schema=META)
+    return [Ingested(path, written, n + len(bad), tuple(rows.column_names[: -len(LINEAGE)]), qfile)]

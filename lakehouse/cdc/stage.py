@@ -5,6 +5,7 @@ their current state into the silver table."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -80,12 +81,12 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
     staging = f"_staging/{ctx.run_id}/cdc/{cdc.name}"
     common = {"storage": storage, "spec": spec, "staging": staging, "run_id": ctx.run_id}
     try:
-        parsed = engine.collect(engine.run_tasks([{"path": f.path} for f in new_files], _parse_file,
-                                                 fn_kwargs={**common, "source": cdc.source}))
-        events = [DataFile.from_json(m["file"]) for m in parsed if m["kind"] == "events"]
-        rejected = [DataFile.from_json(m["file"]) for m in parsed if m["kind"] == "quarantine"]
+        parsed: list[Parsed] = engine.map_items([{"path": f.path} for f in new_files], _parse_file,
+                                                fn_kwargs={**common, "source": cdc.source})
+        events = [m.events for m in parsed if m.events is not None]
+        rejected = [m.quarantined for m in parsed if m.quarantined is not None]
         result.files_in = len(new_files)
-        result.rows_in = sum(m["n"] for m in parsed if m["kind"] == "read")
+        result.rows_in = sum(m.rows for m in parsed)
         result.rows_quarantined = sum(f.rows for f in rejected)
         info = {"run_id": ctx.run_id, "stage": "cdc", "inputs": result.inputs}
         quarantine.commit(storage, cdc.source, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
@@ -99,9 +100,9 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
         if not done_current:
             item = {"events": event_items, "history": [merge.ranged_item(f, spec.keys[0]) for f in history.files]}
             kwargs = {**common, "history_rel": history.ref.rel, "target_schema": target.schema}
-            staged = engine.collect(engine.run_tasks([item], _current_rows, fn_kwargs=kwargs))
+            staged: list[DataFile] = engine.map_items([item], _current_rows, fn_kwargs=kwargs)
             merged = merge.merge(
-                storage, target, [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "current"], staging,
+                storage, target, staged, staging,
                 merge.MergeSpec(keys=tuple(spec.keys), delete_column="__delete"), target.schema, run_id=ctx.run_id,
                 max_rows=ctx.settings.target_file_rows, app_transactions={app: source.version}, metadata=info,
             )
@@ -151,9 +152,9 @@ def _commit_history(
             "seed": [f.item() for f in target.files] if seed else []}
     kwargs = {"storage": storage, "spec": spec, "history_rel": silver.ref(cdc.history).rel, "staging": staging,
               "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
-    out = engine.collect(engine.run_tasks([item], _rebuild_history, fn_kwargs=kwargs))
-    removed = {m["path"] for m in out if m["kind"] == "remove"}
-    adds = [DataFile.from_json(m["file"]) for m in out if m["kind"] == "add"]
+    [out] = engine.map_items([item], _rebuild_history, fn_kwargs=kwargs)
+    assert isinstance(out, Rewrite)
+    removed, adds = set(out.removed), list(out.added)
     removes = list(history.files) if seed else [f for f in history.files if f.path in removed]
     if not adds and not removes and history.exists:
         return history, False  # every touched chain is as it was (redelivered or already applied events)
@@ -165,11 +166,28 @@ def _commit_history(
 # --- worker side -------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A bronze file of change events parsed: its rows, the staged valid events and the quarantined ones (if any)."""
+
+    rows: int
+    events: DataFile | None
+    quarantined: DataFile | None
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """The history files a rebuild of touched chains replaces (by path) and the files it wrote (uncommitted)."""
+
+    removed: tuple[str, ...] = ()
+    added: tuple[DataFile, ...] = ()
+
+
 def _parse_file(
     item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, source: str
-) -> pa.Table:
+) -> list[Parsed]:
     raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
-    out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height}]
+    qfile = f = None
     events, rejected = parse_events(raw, spec.model, tuple(spec.keys))
     failing = rejected.filter(pl.col("action") == "fail")
     if failing.height:  # a model rule whose action is fail: the run stops, naming the event
@@ -178,11 +196,9 @@ def _parse_file(
         q = silver.rejected_records(raw, rejected, run_id)
         qfile = quarantine.write(storage, source, q, stage="silver", source_file=q.column("_source_file")[0].as_py(),
                                  run_id=run_id)
-        out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows})
     if events.height:
         f = write_data_file(storage, staging, events.to_arrow(), prefix="events")
-        out.append({"kind": "events", "file": f.to_json(), "n": f.rows})
-    return pa.Table.from_pylist(out, schema=_META)
+    return [Parsed(raw.height, f, qfile)]
 
 
 def _columns(spec: Silver) -> list[str]:
@@ -192,7 +208,7 @@ def _columns(spec: Silver) -> list[str]:
 def _rebuild_history(
     item: dict[str, Any], *, storage: Storage, spec: Silver, history_rel: str, staging: str, run_id: str,
     max_rows: int,
-) -> pa.Table:
+) -> list[Rewrite]:
     """Rebuild the chains of the keys the events touch. Files are read one at a time (those whose key range may hold
     a touched key), so memory is one file plus the touched keys' versions, however large the history. The files
     holding a touched key are rewritten without it, and the rebuilt chains go with the last of them (else in a new
@@ -202,12 +218,11 @@ def _rebuild_history(
     schema = history_schema(spec)
     events = read_files(storage, staging, item["events"]) if item["events"] else pl.DataFrame()
     touched = events.select(keys).unique() if events.height else pl.DataFrame(schema=_polars(schema)).select(keys)
-    out: list[dict[str, Any]] = []
+    out: list[DataFile] = []
 
-    def written(df: pl.DataFrame) -> list[dict[str, Any]]:
-        files = write_frame(storage, history_rel, df.select(schema.names), schema, prefix=f"part-{run_id}",
-                            max_rows=max_rows) if df.height else []
-        return [{"kind": "add", "file": f.to_json()} for f in files]
+    def written(df: pl.DataFrame) -> list[DataFile]:
+        return write_frame(storage, history_rel, df.select(schema.names), schema, prefix=f"part-{run_id}",
+                           max_rows=max_rows) if df.height else []
 
     if item["seed"]:
         # every row of the table is the first version of its key, valid since before the events began (the
@@ -226,9 +241,9 @@ def _rebuild_history(
         if events.height:
             existing = pl.concat(old, how="vertical_relaxed") if old else pl.DataFrame(schema=_polars(schema))
             out += written(_versions(existing, events, spec, columns))
-        return pa.Table.from_pylist(out, schema=_HISTORY_META)
+        return [Rewrite(added=tuple(out))]
     if not events.height:
-        return pa.Table.from_pylist([], schema=_HISTORY_META)
+        return [Rewrite()]
     first = touched.get_column(keys[0])
     hits: list[pl.DataFrame] = []
     hit_files: list[dict[str, Any]] = []
@@ -242,16 +257,15 @@ def _rebuild_history(
     existing = pl.concat(hits, how="vertical_relaxed") if hits else pl.DataFrame(schema=_polars(schema))
     versions = _versions(existing, events, spec, columns)
     if existing.select(schema.names).sort([*keys, "_lsn"]).equals(versions.select(schema.names).sort([*keys, "_lsn"])):
-        return pa.Table.from_pylist([], schema=_HISTORY_META)  # every touched chain is as it was
+        return [Rewrite()]  # every touched chain is as it was
     for i, f in enumerate(hit_files):
-        out.append({"kind": "remove", "path": f["path"]})
         kept = read_files(storage, history_rel, [f]).join(touched, on=keys, how="anti")
         if i + 1 < len(hit_files):
             out += written(kept)
         else:  # the rebuilt chains go with the last rewritten file: no extra small file
             versions = pl.concat([kept.select(schema.names), versions.select(schema.names)], how="vertical_relaxed")
     out += written(versions)
-    return pa.Table.from_pylist(out, schema=_HISTORY_META)
+    return [Rewrite(removed=tuple(f["path"] for f in hit_files), added=tuple(out))]
 
 
 def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: Silver, columns: list[str]) -> pl.DataFrame:
@@ -262,12 +276,12 @@ def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: Silver, column
 def _current_rows(
     item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, history_rel: str,
     target_schema: pa.Schema,
-) -> pa.Table:
+) -> list[DataFile]:
     """The current state of the keys the events touch, read back from the committed history, one file at a time (those
     whose key range may hold a touched key)."""
     keys = list(spec.keys)
     if not item["events"]:
-        return pa.Table.from_pylist([], schema=_META)
+        return []
     touched = read_files(storage, staging, item["events"], columns=keys).unique()
     first = touched.get_column(keys[0])
     found = [read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
@@ -277,13 +291,9 @@ def _current_rows(
     rows = current(versions, touched, tuple(spec.keys))
     full = pa.schema([*target_schema, pa.field("__delete", pa.bool_())])
     rows = rows.with_columns(pl.lit(None).alias(n) for n in full.names if n not in rows.columns)
-    f = write_data_file(storage, staging, to_arrow(rows.select(full.names), full), prefix="current")
-    return pa.Table.from_pylist([{"kind": "current", "file": f.to_json(), "n": f.rows}], schema=_META)
+    return [write_data_file(storage, staging, to_arrow(rows.select(full.names), full), prefix="current")]
 
 
 def _polars(schema: pa.Schema) -> dict[str, Any]:
     return dict(pl.from_arrow(schema.empty_table()).schema)  # type: ignore[union-attr]
 
-
-_META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64())])
-_HISTORY_META = pa.schema([("kind", pa.string()), ("path", pa.string()), ("file", pa.string())])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -124,12 +125,12 @@ def release_late(storage: Storage, name: str, months: tuple[str, str], *, run_id
     if not late:
         return 0
     kwargs = {"storage": storage, "name": name, "months": list(months), "run_id": run_id}
-    meta = engine.collect(engine.run_tasks([f.item() for f in late], _without_late, fn_kwargs=kwargs))
-    released = sum(m["released"] for m in meta)
+    done: list[Released] = engine.map_items([f.item() for f in late], _without_late, fn_kwargs=kwargs)
+    released = sum(m.rows for m in done)
     if not released:
         return 0
-    rewritten = {m["path"] for m in meta if m["released"]}
-    adds = [DataFile.from_json(m["file"]) for m in meta if m["released"] and m["file"]]
+    rewritten = {m.path for m in done if m.rows}
+    adds = [m.file for m in done if m.rows and m.file is not None]
     removes = [f for f in late if f.path in rewritten]
     table.commit(storage, snap, schema=SCHEMA, adds=adds, removes=removes,
                  metadata={"run_id": run_id, "stage": "backfill", "released_late": released})
@@ -141,7 +142,19 @@ def _may_hold_late(f: TableFile) -> bool:
     return low is None or high is None or (low <= LATE + "\uffff" and high >= LATE)
 
 
-def _without_late(item: dict[str, Any], *, storage: Storage, name: str, months: list[str], run_id: str) -> pa.Table:
+@dataclass(frozen=True)
+class Released:
+    """Late rows released from one quarantine file: how many, and the file rewritten without them (None when none
+    is left, or nothing was released)."""
+
+    path: str
+    rows: int
+    file: DataFile | None
+
+
+def _without_late(
+    item: dict[str, Any], *, storage: Storage, name: str, months: list[str], run_id: str
+) -> list[Released]:
     rows = read_data_file(storage, ref(name).rel, item["path"])
     month = pc.utf8_slice_codeunits(pc.fill_null(rows.column("value"), ""), 0, 7)
     late = pc.and_(
@@ -150,10 +163,9 @@ def _without_late(item: dict[str, Any], *, storage: Storage, name: str, months: 
     )
     late = pc.fill_null(late, False)
     released = int(pc.sum(late).as_py() or 0)
-    out = {"path": item["path"], "released": released, "file": ""}
     kept = rows.filter(pc.invert(late))
+    written = None
     if released and kept.num_rows:
         source = kept.column("_source_file")[0].as_py()
-        out["file"] = write(storage, name, kept, stage="silver", source_file=source, run_id=run_id).to_json()
-    return pa.Table.from_pylist([out], schema=pa.schema(
-        [("path", pa.string()), ("released", pa.int64()), ("file", pa.string())]))
+        written = write(storage, name, kept, stage="silver", source_file=source, run_id=run_id)
+    return [Released(item["path"], released, written)]

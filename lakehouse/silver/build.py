@@ -31,6 +31,7 @@ from lakehouse.quality import checks, quarantine
 from lakehouse.quality.validation import model_metadata
 from lakehouse.running.context import RunContext, StageResult
 from lakehouse.silver.gates import drift_measures, freshness, gate_checks
+from lakehouse.silver.reports import Merged, Quarantined, Read, Report, Staged
 from lakehouse.silver.tables import (
     LINEAGE,
     app_id,
@@ -90,8 +91,8 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         # takes in its months' late rows (and releases them from quarantine after its commit).
         cutoff = None if rebuild else lookback_cutoff(base, spec, lookback_of(ctx, spec))
         kwargs = {**common, "staging": staging, "months": months, "cutoff": cutoff}
-        staged = engine.collect(engine.run_tasks(reads, validate_file, fn_kwargs=kwargs))
-        rejected = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "quarantine"]
+        staged: list[Report] = engine.map_items(reads, validate_file, fn_kwargs=kwargs)
+        rejected = [m.file for m in staged if isinstance(m, Quarantined)]
         if spec.write_mode == "merge" and not rebuild:
             merged, replaced, result.partitions = _merge_on_keys(ctx, spec, base, staged, staging, extra)
         else:
@@ -99,13 +100,13 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
                 ctx, spec, base, staged, staging, common, measures=measures, rebuild=rebuild
             )
         result.files_in = len(new_files)
-        new_in = sum(m["n"] for m in merged)
-        result.rows_written = sum(m["kept"] for m in merged)
+        new_in = sum(m.rows_in for m in merged)
+        result.rows_written = sum(m.kept for m in merged)
         result.rows_duplicate = new_in - result.rows_written
         # A backfill counts its months' rows only; their rejects are recorded already (the commit skips them).
-        result.rows_in = new_in if months else sum(m["n"] for m in staged if m["kind"] == "read")
+        result.rows_in = new_in if months else sum(m.rows for m in staged if isinstance(m, Read))
         result.rows_quarantined = 0 if months else sum(f.rows for f in rejected)
-        adds = [DataFile.from_json(m["file"]) for m in merged if m["file"]]
+        adds = [f for m in merged for f in m.files]
         # Before any commit: a failed gate leaves no trace.
         result.checks += gate_checks(ctx, spec, gate, base, staged, staging, merged, adds, replaced)
         checks.enforce(result.checks)
@@ -139,50 +140,46 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
 
 
 def _merge_on_keys(
-    ctx: RunContext, spec: SilverSpec, base: table.Snapshot, staged: list[dict[str, Any]], staging: str,
+    ctx: RunContext, spec: SilverSpec, base: table.Snapshot, staged: list[Report], staging: str,
     extra: tuple[str, ...],
-) -> tuple[list[dict[str, Any]], list[TableFile], int]:
+) -> tuple[list[Merged], list[TableFile], int]:
     """Write mode ``merge``: the batch merged into the files its keys are in (``lakehouse.table.merge``), uncommitted.
     Reports like :func:`merge_staged` (a rewritten file's report carries its new rows as ``n``, no drift profile)."""
     spec_m = merge.MergeSpec(keys=tuple(spec.keys), order_by=(*spec.order_by, *LINEAGE),
                              partition=spec.partition.column if spec.partition else None)
-    files = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "staged"]
+    files = [m.file for m in staged if isinstance(m, Staged) and not m.keys_only]
     done = merge.execute(ctx.storage, base, files, staging, spec_m, arrow_schema(spec, extra), run_id=ctx.run_id,
                          max_rows=ctx.settings.target_file_rows)
     counts = done.counts
-    reports: list[dict[str, Any]] = [{"kind": "merged", "file": f.to_json(), "n": 0, "kept": 0, "info": None}
-                                     for f in done.adds]
-    # n: the batch's rows, kept: those that changed the table (the rest were duplicates or no change)
-    batch = sum(f.rows for f in files)
-    reports.append({"kind": "merged", "file": "", "n": batch, "kept": counts["inserted"] + counts["updated"],
-                    "info": None})
-    return reports, done.removes, done.partitions
+    # kept: the batch's rows that changed the table (the rest were duplicates or no change)
+    merged = Merged(tuple(done.adds), sum(f.rows for f in files), counts["inserted"] + counts["updated"])
+    return [merged], done.removes, done.partitions
 
 
 def merge_staged(
     ctx: RunContext,
     spec: SilverSpec,
     base: table.Snapshot,
-    staged: list[dict[str, Any]],
+    staged: list[Report],
     staging: str,
     common: dict[str, Any],
     *,
     measures: list[str] | None,
     rebuild: bool,
-) -> tuple[list[dict[str, Any]], list[TableFile], int]:
+) -> tuple[list[Merged], list[TableFile], int]:
     """Merge staged rows into their partitions on workers (uncommitted): the merge tasks' reports, the current files
     the new ones replace, and how many partitions were written."""
     months = ctx.months
     by_partition: dict[str, list[str]] = {}
     for m in staged:
-        if m["kind"] == "staged":
-            f = DataFile.from_json(m["file"])
+        if isinstance(m, Staged) and not m.keys_only:
+            f = m.file
             by_partition.setdefault(json.dumps(f.partition_values, sort_keys=True), []).append(f.path)
     if months:  # every partition of the range is rebuilt, including those left with no rows
         for existing in base.files:
             if in_months(existing.partition_values, spec, months):
                 by_partition.setdefault(partition_key(existing), [])
-    outside = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "keys"]
+    outside = [m.file for m in staged if isinstance(m, Staged) and m.keys_only]
     owners, moved = key_owners(
         ctx.storage, spec, base, staging, by_partition, outside, full_refresh=ctx.full_refresh, rebuild=rebuild
     )
@@ -199,7 +196,7 @@ def merge_staged(
         for key, paths in by_partition.items()
     ]
     kwargs = {**common, "staging": staging, "owners": owners, "measures": measures}
-    merged = engine.collect(engine.run_tasks(merges, merge_partition, fn_kwargs=kwargs)) if merges else []
+    merged: list[Merged] = engine.map_items(merges, merge_partition, fn_kwargs=kwargs)
     return merged, replaced, len(merges)
 
 
@@ -242,11 +239,9 @@ def key_owners(
     owners = engine.broadcast(owners_of_staged, storage, spec, staging, staged, all_keys=all_keys)
     if not others:
         return owners, set()
-    hits = engine.collect(
-        engine.run_tasks([f.item() for f in others], moved_away, fn_kwargs={
-            "storage": storage, "spec": spec, "owners": owners})
-    )
-    return owners, {h["partition"] for h in hits if h["partition"]}
+    hits: list[str] = engine.map_items([f.item() for f in others], moved_away,
+                                       fn_kwargs={"storage": storage, "spec": spec, "owners": owners})
+    return owners, set(hits)
 
 
 def replaced_files(base: table.Snapshot, spec: SilverSpec, keys: list[str], *, full_refresh: bool) -> list[TableFile]:

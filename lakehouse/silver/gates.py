@@ -3,6 +3,7 @@ freshness and drift (see :mod:`lakehouse.quality.checks`). Orphans and drift pro
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -14,7 +15,8 @@ from lakehouse import engine, table
 from lakehouse.quality import checks, quarantine
 from lakehouse.quality.validation import model_dtypes
 from lakehouse.running.context import RunContext
-from lakehouse.silver.tables import META, ref
+from lakehouse.silver.reports import Finding, Merged, Profiled, Quarantined, Read, Report, Staged
+from lakehouse.silver.tables import ref
 from lakehouse.spec import Silver as SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile
@@ -27,9 +29,9 @@ def gate_checks(
     spec: SilverSpec,
     gate: checks.Gates,
     base: table.Snapshot,
-    staged: list[dict[str, Any]],
+    staged: list[Report],
     staging: str,
-    merged: list[dict[str, Any]],
+    merged: list[Merged],
     adds: list[DataFile],
     replaced: list[TableFile],
 ) -> list[checks.CheckResult]:
@@ -46,11 +48,11 @@ def gate_checks(
     if batch:
         for (check, column), found in _findings(staged, "warn").items():
             out.append(checks.warned(table_name, check, column, found["n"], found))
-        quarantined = sum(DataFile.from_json(m["file"]).rows for m in staged if m["kind"] == "quarantine")
-        rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
-        late = sum(m["n"] for m in staged if m["kind"] == "late")
+        quarantined = sum(m.file.rows for m in staged if isinstance(m, Quarantined))
+        rows_in = sum(m.rows for m in staged if isinstance(m, Read))
+        late = sum(m.late for m in staged if isinstance(m, Quarantined))
         if gate.max_quarantined_share is not None:
-            reasons = [f for (c, _), f in _findings(staged, "reasons").items() if not c.startswith(quarantine.LATE)]
+            reasons = [f for (c, _), f in _findings(staged, "reject").items() if not c.startswith(quarantine.LATE)]
             worst = max(reasons, key=lambda f: f["n"], default=None)
             out.append(checks.quarantined_share(gate, rows_in, quarantined - late, gate.max_quarantined_share, worst))
         valid = rows_in - quarantined
@@ -58,7 +60,7 @@ def gate_checks(
             out.append(checks.batch_rows(gate, valid))
         if gate.expect_delivery and not ctx.full_refresh and valid == 0:
             out.append(checks.empty_batch(gate, f"{rows_in} rows landed, none valid"))
-    new_rows = [DataFile.from_json(m["file"]) for m in staged if m["kind"] == "staged"]
+    new_rows = [m.file for m in staged if isinstance(m, Staged) and not m.keys_only]
     for column, (parent, key) in gate.references.items():
         found = _orphans(ctx, new_rows, staging, column, ref(parent), key)
         out.append(checks.references(gate, column, parent, key, found))
@@ -84,13 +86,13 @@ def freshness(
     return checks.freshness(gate, dt.date.fromisoformat(max(newest)) if newest else None, ctx.as_of)
 
 
-def _findings(staged: list[dict[str, Any]], kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+def _findings(staged: list[Report], kind: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Workers' findings of ``kind`` summed over files, per (check, column), with the first file's example."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for m in staged:
-        if m["kind"] == kind:
-            f = json.loads(m["info"])
-            key = (f["check"], f["column"])
+        if isinstance(m, Finding) and m.kind == kind:
+            f = dataclasses.asdict(m)
+            key = (m.check, m.column)
             if key in found:
                 found[key]["n"] += f["n"]
             else:
@@ -105,17 +107,13 @@ def drift_measures(spec: SilverSpec) -> list[str]:
 
 
 def _drift_pairs(
-    ctx: RunContext, spec: SilverSpec, merged: list[dict[str, Any]], kept: list[TableFile]
+    ctx: RunContext, spec: SilverSpec, merged: list[Merged], kept: list[TableFile]
 ) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
     """(month, profile, previous month, profile) for each month written this batch whose previous month has rows:
     written too, or profiled from its current files on a worker."""
     assert spec.partition
     column = spec.partition.column
-    written = {}
-    for m in merged:
-        if m["info"]:
-            found = json.loads(m["info"])
-            written[found["partition"]] = found["profile"]
+    written = {m.partition: m.profile for m in merged if m.partition is not None and m.profile is not None}
     wanted = {spec.partition.shift(month, -1) for month in written} - set(written)
     by_month: dict[str, list[dict[str, Any]]] = {}
     for f in kept:
@@ -125,9 +123,8 @@ def _drift_pairs(
     items = [{"month": month, "files": files} for month, files in by_month.items()]
     kwargs = {"storage": ctx.storage, "rel": ref(spec.name).rel, "measures": drift_measures(spec)}
     profiles = dict(written)
-    for m in engine.collect(engine.run_tasks(items, profile_month, fn_kwargs=kwargs)) if items else []:
-        found = json.loads(m["info"])
-        profiles[found["partition"]] = found["profile"]
+    found: list[Profiled] = engine.map_items(items, profile_month, fn_kwargs=kwargs)
+    profiles |= {m.partition: m.profile for m in found}
     return [(month, written[month], prev, profiles[prev]) for month in sorted(written)
             if (prev := spec.partition.shift(month, -1)) in profiles and profiles[prev]["rows"]]
 
@@ -152,10 +149,10 @@ def _orphans(
         keys = engine.broadcast(_child_keys, storage, staging, items, column, bucket, buckets)
         hits = engine.run_tasks(parent_files, _parent_hits, fn_kwargs={"storage": storage, "rel": parent.rel,
                                                                         "key": key, "keys": keys})
-        found = json.loads(engine.collect(engine.combine(hits, _orphan_count, fn_kwargs={"keys": keys}))[0]["info"])
+        [found] = engine.collect(engine.combine(hits, _orphan_count, fn_kwargs={"keys": keys}))
         total["orphans"] += found["orphans"]
         total["checked"] += found["checked"]
-        total["sample"] = sorted(total["sample"] + found["sample"])[:5]
+        total["sample"] = sorted(total["sample"] + json.loads(found["sample"]))[:5]
     return total
 
 
@@ -187,15 +184,16 @@ def _orphan_count(found: pa.Table, *, keys: Any) -> pa.Table:
     wanted: pl.DataFrame = engine.fetch(keys)
     hits = to_frame(found).drop_nulls().unique()
     missing = wanted.join(hits, on="__value", how="anti")
-    info = {"orphans": int(missing.get_column("__n").sum()), "checked": int(wanted.get_column("__n").sum()),
-            "sample": missing.get_column("__value").sort().head(5).to_list()}
-    return pa.Table.from_pylist([{"kind": "orphans", "file": "", "n": info["orphans"], "kept": 0,
-                                  "info": json.dumps(info, default=str)}], schema=META)
+    sample = json.dumps(missing.get_column("__value").sort().head(5).to_list(), default=str)
+    orphans, checked = int(missing.get_column("__n").sum()), int(wanted.get_column("__n").sum())
+    return pa.table({"orphans": [orphans], "checked": [checked], "sample": [sample]}, schema=ORPHANS)
 
 
-def profile_month(item: dict[str, Any], *, storage: Storage, rel: str, measures: list[str]) -> pa.Table:
+# The one row a combine step reports: orphan rows, rows checked, and a sample of orphan values (JSON).
+ORPHANS = pa.schema([("orphans", pa.int64()), ("checked", pa.int64()), ("sample", pa.string())])
+
+
+def profile_month(item: dict[str, Any], *, storage: Storage, rel: str, measures: list[str]) -> list[Profiled]:
     """The drift profile of one month's current files."""
     df = read_files(storage, rel, item["files"])
-    info = {"partition": item["month"], "profile": checks.profile(df, measures)}
-    return pa.Table.from_pylist([{"kind": "profile", "file": "", "n": df.height, "kept": 0,
-                                  "info": json.dumps(info)}], schema=META)
+    return [Profiled(item["month"], checks.profile(df, measures))]

@@ -13,8 +13,8 @@ from lakehouse.quality import quarantine
 from lakehouse.quality.validation import split_valid
 from lakehouse.running.context import RunContext, StageResult
 from lakehouse.silver.build import merge_staged, with_columns
+from lakehouse.silver.reports import Read, Replayed, Report, Rewritten
 from lakehouse.silver.tables import (
-    META,
     arrow_schema,
     late_check,
     lookback_cutoff,
@@ -26,7 +26,7 @@ from lakehouse.silver.tables import (
 from lakehouse.silver.tasks import rejected_records, row_failure, stage_valid
 from lakehouse.spec import Silver as SilverSpec
 from lakehouse.storage import Storage
-from lakehouse.storage.files import DataFile, read_data_file
+from lakehouse.storage.files import read_data_file
 from lakehouse.storage.frames import read_files, to_frame
 
 
@@ -75,11 +75,12 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
     cutoff = lookback_cutoff(base, spec, lookback_of(ctx, spec))
     try:
         kwargs = {**common, "staging": staging, "cutoff": cutoff}
-        staged = engine.collect(engine.run_tasks(items, replay_file, fn_kwargs=kwargs)) if items else []
-        replayed = sum(m["n"] for m in staged if m["kind"] == "replayed")
-        result.rows_in = sum(m["n"] for m in staged if m["kind"] == "read")
+        staged: list[Report] = engine.map_items(items, replay_file, fn_kwargs=kwargs)
+        replayed = sum(m.rows for m in staged if isinstance(m, Replayed))
+        result.rows_in = sum(m.rows for m in staged if isinstance(m, Read))
         result.files_in = len(items)
-        rewritten = {m["info"] for m in staged if m["kind"] == "rewritten"}
+        rewrites = [m for m in staged if isinstance(m, Rewritten)]
+        rewritten = {m.replaces for m in rewrites}
         if not replayed and not rewritten:
             return result.finish("skipped", f"re-validated {result.rows_in} quarantined rows: none passes now")
         replay_of = done if unfinished else qsnap.version
@@ -88,18 +89,18 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
             merged, replaced, result.partitions = merge_staged(
                 ctx, spec, base, staged, staging, common, measures=None, rebuild=False
             )
-            result.rows_written = sum(m["kept"] for m in merged)
+            result.rows_written = sum(m.kept for m in merged)
             result.rows_duplicate = replayed - result.rows_written
             base = with_columns(storage, base, extra)
             result.version = table.commit(
                 storage, base, schema=arrow_schema(spec, extra),
-                adds=[DataFile.from_json(m["file"]) for m in merged if m["file"]], removes=replaced,
+                adds=[f for m in merged for f in m.files], removes=replaced,
                 partition_by=(spec.partition.column,) if spec.partition else (),
                 app_transactions={replay_id(spec.name): qsnap.version}, metadata=info,
             )
         table.commit(
             storage, qsnap, schema=quarantine.SCHEMA,
-            adds=[DataFile.from_json(m["file"]) for m in staged if m["kind"] == "rewritten" and m["file"]],
+            adds=[m.file for m in rewrites if m.file is not None],
             removes=[f for f in held if f.path in rewritten], metadata=info,
         )
     finally:
@@ -130,15 +131,15 @@ def replay_file(
     max_rows: int,
     extra: tuple[str, ...],
     cutoff: str | None,
-) -> pa.Table:
+) -> list[Report]:
     """Re-validate one quarantine file's rows from their bronze lines: stage those that pass, and rewrite the file
     without them (rows that still fail get a record with their current reason)."""
     held = to_frame(read_data_file(storage, quarantine.ref(spec.name).rel, item["quarantine"]["path"]))
     retry = held.filter(~pl.col("check").str.starts_with(quarantine.LATE))
     raw = read_files(storage, bronze.ref(spec.source).rel, item["bronze"]) if item["bronze"] else pl.DataFrame()
-    out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": retry.height, "kept": 0}]
+    out: list[Report] = [Read(retry.height)]
     if not raw.height or not retry.height:
-        return pa.Table.from_pylist(out, schema=META)
+        return out
     lineage = ["_source_file", "_source_line"]
     raw = raw.join(retry.select(lineage).unique(), on=lineage, how="semi").sort("_source_line")
     split = split_valid(raw, spec.model, late_check(spec, cutoff, None))
@@ -148,17 +149,15 @@ def replay_file(
     before = retry.select(*lineage, "check").sort(lineage)
     after = to_frame(fresh).select(*lineage, "check").sort(lineage) if fresh is not None else before.clear()
     if not split.valid.height and before.equals(after):
-        return pa.Table.from_pylist(out, schema=META)  # nothing passes and every reason stands: leave the file
+        return out  # nothing passes and every reason stands: leave the file
     if split.valid.height:
-        out.append({"kind": "replayed", "file": "", "n": split.valid.height, "kept": 0})
+        out.append(Replayed(split.valid.height))
         out += stage_valid(storage, spec, staging, split.valid, extra=extra, max_rows=max_rows, months=None)
     kept = held.join(raw.select(lineage), on=lineage, how="anti").to_arrow().cast(quarantine.SCHEMA)
     left = pa.concat_tables([kept, fresh]) if fresh is not None else kept
-    written = ""
+    written = None
     if left.num_rows:
         source = left.column("_source_file")[0].as_py()
-        written = quarantine.write(storage, spec.name, left, stage="silver", source_file=source,
-                                   run_id=run_id).to_json()
-    out.append({"kind": "rewritten", "file": written, "n": left.num_rows, "kept": 0,
-                "info": item["quarantine"]["path"]})
-    return pa.Table.from_pylist(out, schema=META)
+        written = quarantine.write(storage, spec.name, left, stage="silver", source_file=source, run_id=run_id)
+    out.append(Rewritten(written, left.num_rows, item["quarantine"]["path"]))
+    return out

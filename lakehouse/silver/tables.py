@@ -21,9 +21,6 @@ from lakehouse.table import TableFile, TableRef
 LINEAGE = ("_source_file", "_source_line", "_ingested_at")
 
 
-# What a worker task reports: a file it wrote (kind, DataFile JSON, rows) or a finding (kind, JSON in info).
-META = pa.schema([("kind", pa.string()), ("file", pa.string()), ("n", pa.int64()), ("kept", pa.int64()),
-                  ("info", pa.string())])
 
 
 def ref(name: str) -> TableRef:

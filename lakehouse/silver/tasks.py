@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -14,7 +14,8 @@ from lakehouse import bronze, engine
 from lakehouse.errors import QualityGateFailed, SchemaMismatch
 from lakehouse.quality import checks, quarantine
 from lakehouse.quality.validation import ROW_ID, model_dtypes, split_valid
-from lakehouse.silver.tables import LINEAGE, META, arrow_schema, in_months, late_check, ref
+from lakehouse.silver.reports import Finding, Merged, Quarantined, Read, Report, Staged, plain
+from lakehouse.silver.tables import LINEAGE, arrow_schema, in_months, late_check, ref
 from lakehouse.spec import Silver as SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile, partition_value
@@ -44,15 +45,14 @@ def owners_of_staged(
     return owners if all_keys else owners.join(split, on=keys, how="semi")
 
 
-def moved_away(item: dict[str, Any], *, storage: Storage, spec: SilverSpec, owners: Any) -> pa.Table:
+def moved_away(item: dict[str, Any], *, storage: Storage, spec: SilverSpec, owners: Any) -> list[str]:
     """Does this existing file hold a key whose latest row now belongs to another partition?"""
     keys = list(spec.keys)
     owner: pl.DataFrame = engine.fetch(owners)
     here = item["partition_values"]
     df = read_files(storage, ref(spec.name).rel, [item], columns=keys)
     hit = df.join(owner, on=keys, how="inner").filter(pl.col("__owner") != next(iter(here.values()))).height
-    partition = json.dumps(here, sort_keys=True) if hit else None
-    return pa.table({"partition": [partition]}, schema=pa.schema([("partition", pa.string())]))
+    return [json.dumps(here, sort_keys=True)] if hit else []
 
 
 def validate_file(
@@ -66,7 +66,7 @@ def validate_file(
     months: tuple[str, str] | None,
     cutoff: str | None,
     extra: tuple[str, ...],
-) -> pa.Table:
+) -> list[Report]:
     raw = read_files(storage, bronze.ref(spec.source).rel, [{"path": item["path"], "partition_values": {}}])
     missing = [c for c in model_dtypes(spec.model) if c not in raw.columns]
     if missing:
@@ -78,16 +78,15 @@ def validate_file(
     split = split_valid(raw, spec.model, late_check(spec, cutoff, months))
     if split.failing.height:
         raise row_failure(str(ref(spec.name)), raw, split.failing)
-    out: list[dict[str, Any]] = [{"kind": "read", "file": "", "n": raw.height, "kept": 0}]
-    out += summaries(raw, split.warned, "warn") + summaries(raw, split.rejected, "reasons")
+    out: list[Report] = [Read(raw.height)]
+    out += summaries(raw, split.warned, "warn") + summaries(raw, split.rejected, "reject")
     if split.rejected.height:
         qfile = write_rejected(storage, spec, raw, split.rejected, run_id)
-        out.append({"kind": "quarantine", "file": qfile.to_json(), "n": qfile.rows, "kept": 0})
-        held = int(split.rejected.get_column("check").str.starts_with(quarantine.LATE).sum())
-        if held:  # held back by the lookback on purpose: counted, but not against the quality gate
-            out.append({"kind": "late", "file": "", "n": held, "kept": 0})
+        # held back by the lookback on purpose: counted, but not against the quality gate
+        late = int(split.rejected.get_column("check").str.starts_with(quarantine.LATE).sum())
+        out.append(Quarantined(qfile, late))
     out += stage_valid(storage, spec, staging, split.valid, extra=extra, max_rows=max_rows, months=months)
-    return pa.Table.from_pylist(out, schema=META)
+    return out
 
 
 def stage_valid(
@@ -99,11 +98,11 @@ def stage_valid(
     extra: tuple[str, ...],
     max_rows: int,
     months: tuple[str, str] | None,
-) -> list[dict[str, Any]]:
+) -> list[Staged]:
     """Stage valid rows by target partition (a backfill stages rows outside its months as keys only)."""
     # Files landed before a column was added lack it: null there.
     valid = valid.with_columns(pl.lit(None, pl.String).alias(c) for c in extra if c not in valid.columns)
-    out = []
+    out: list[Staged] = []
     schema = arrow_schema(spec, extra)
     file_schema = schema
     if spec.partition:
@@ -120,14 +119,14 @@ def stage_valid(
             for values, frame in outside:
                 for f in write_frame(storage, staging, frame, keys_schema, partition_values=values, prefix="keys",
                                      max_rows=max_rows):
-                    out.append({"kind": "keys", "file": f.to_json(), "n": f.rows, "kept": 0})
+                    out.append(Staged(f, keys_only=True))
     else:
         parts = [({}, valid)] if valid.height else []
     for values, frame in parts:
         for f in write_frame(
             storage, staging, frame, file_schema, partition_values=values, prefix="staged", max_rows=max_rows
         ):
-            out.append({"kind": "staged", "file": f.to_json(), "n": f.rows, "kept": 0})
+            out.append(Staged(f))
     return out
 
 
@@ -146,7 +145,7 @@ def row_failure(table_name: str, raw: pl.DataFrame, failing: pl.DataFrame) -> Qu
                              row=line, checks=[dataclasses.asdict(check)])
 
 
-def summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: str) -> list[dict[str, Any]]:
+def summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: Literal["warn", "reject"]) -> list[Finding]:
     """Per (check, column): how many rows, and the first one's value, file and line."""
     if not failures.height:
         return []
@@ -159,9 +158,9 @@ def summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: str) -> list[dict
     )
     out = []
     for r in first.iter_rows(named=True):
-        landed = raw.row(r.pop(ROW_ID), named=True)
-        r["value"] = landed.get(r["column"], r["value"])  # as landed, not as the rule saw it typed
-        out.append({"kind": kind, "file": "", "n": r["n"], "kept": 0, "info": json.dumps(r, default=str)})
+        landed = raw.row(r[ROW_ID], named=True)
+        value = landed.get(r["column"], r["value"])  # as landed, not as the rule saw it typed
+        out.append(Finding(kind, r["check"], r["column"], r["n"], plain(value), r["file"], r["line"]))
     return out
 
 
@@ -204,7 +203,7 @@ def merge_partition(
     owners: Any,
     extra: tuple[str, ...],
     measures: list[str] | None,
-) -> pa.Table:
+) -> list[Merged]:
     values = item["partition_values"]
     staged = read_files(storage, staging, [{"path": p, "partition_values": values} for p in item["staged"]])
     if not item["staged"]:  # a partition rewritten only because a key moved out of it
@@ -233,12 +232,8 @@ def merge_partition(
         storage, ref(spec.name).rel, merged.drop("__new"), schema, partition_values=values,
         prefix=f"part-{run_id}", max_rows=max_rows,
     )
-    rows: list[dict[str, Any]] = [{"kind": "merged", "file": f.to_json(), "n": 0, "kept": 0} for f in files]
-    if rows:
-        rows[0]["n"], rows[0]["kept"] = staged.height, kept
-    else:
-        rows = [{"kind": "merged", "file": "", "n": staged.height, "kept": kept}]
-    if measures is not None:  # drift is measured per month, on the partition as written
-        profile = checks.profile(merged.drop("__new"), measures)
-        rows[0]["info"] = json.dumps({"partition": next(iter(values.values())), "profile": profile})
-    return pa.Table.from_pylist(rows, schema=META)
+    if measures is None:
+        return [Merged(tuple(files), staged.height, kept)]
+    # drift is measured per month, on the partition as written
+    profile = checks.profile(merged.drop("__new"), measures)
+    return [Merged(tuple(files), staged.height, kept, partition=next(iter(values.values())), profile=profile)]

@@ -46,8 +46,28 @@ from lakehouse.storage.files import DataFile, DataFileWriter, iter_data_file
 from lakehouse.storage.frames import read_files, to_arrow, to_frame, without, write_frame
 from lakehouse.table import Snapshot, TableFile
 
-REPORT = pa.schema([("kind", pa.string()), ("path", pa.string()), ("file", pa.string()), ("info", pa.string())])
 COUNTS = ("inserted", "updated", "deleted", "unchanged", "duplicates", "unmatched_deletes", "null_keys")
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What one merge task did: how many target files it read, those it rewrote (removed, by path), the files it
+    wrote (rewrites and inserts, uncommitted) and its row counts (``COUNTS``)."""
+
+    read: int
+    removed: tuple[str, ...]
+    added: tuple[DataFile, ...]
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class CommittedReport:
+    """What delta-rs's MERGE did in one task (it commits too): its row counts and files read, removed and added."""
+
+    counts: dict[str, int]
+    files_read: int
+    files_removed: int
+    files_added: int
 
 
 @dataclass(frozen=True)
@@ -131,13 +151,11 @@ def _merge_small(
     kwargs = {"storage": storage, "target": target, "source_rel": source_rel, "spec": spec, "schema": schema,
               "app_transactions": dict(app_transactions or {}),
               "metadata": dict(metadata or {}) | {"operation": "merge (delta-rs)"}}
-    report = engine.collect(engine.run_tasks([{"source": items}], _merge_in_one_task, fn_kwargs=kwargs))
-    counts = json.loads(report[0]["info"])
-    for name in COUNTS:
-        result.counts[name] = counts.get(name, 0)
-    result.files_read = counts.get("files_read", 0)
-    result.files_rewritten = counts.get("files_removed", 0)
-    result.files_added = counts.get("files_added", 0)
+    [done] = engine.map_items([{"source": items}], _merge_in_one_task, fn_kwargs=kwargs)
+    assert isinstance(done, CommittedReport)
+    result.counts.update(done.counts)
+    result.files_read, result.files_rewritten = done.files_read, done.files_removed
+    result.files_added = done.files_added
     if result.files_added or result.files_rewritten:
         result.version = table.snapshot(storage, target.ref).version
     return result
@@ -166,17 +184,16 @@ def execute(
     kwargs = {"storage": storage, "target_rel": target.ref.rel, "source_rel": source_rel, "spec": spec,
               "schema": schema, "run_id": run_id, "max_rows": max_rows,
               "batch_rows": BATCH_ROWS if batch_rows is None else batch_rows}
-    report = engine.collect(engine.run_tasks(groups, _merge_partition, fn_kwargs=kwargs))
-    removed = {r["path"] for r in report if r["kind"] == "remove"}
-    result.adds = [DataFile.from_json(r["file"]) for r in report if r["kind"] == "add"]
+    reports: list[TaskReport] = engine.map_items(groups, _merge_partition, fn_kwargs=kwargs)
+    removed = {path for r in reports for path in r.removed}
+    result.adds = [f for r in reports for f in r.added]
     result.removes = [f for f in target.files if f.path in removed]
-    result.files_read = sum(r["kind"] == "read" for r in report)
+    result.files_read = sum(r.read for r in reports)
     result.files_rewritten = len(removed)
     result.files_added = len(result.adds)
-    for r in report:
-        if r["kind"] == "counts":
-            for name, n in json.loads(r["info"]).items():
-                result.counts[name] += n
+    for r in reports:
+        for name, n in r.counts.items():
+            result.counts[name] += n
     return result
 
 
@@ -319,7 +336,7 @@ def _merge_partition(
     run_id: str,
     max_rows: int,
     batch_rows: int,
-) -> pa.Table:
+) -> list[TaskReport]:
     keys = list(spec.keys)
     file_schema = without(schema, [spec.partition]) if spec.partition else schema
     data = list(file_schema.names)
@@ -333,7 +350,7 @@ def _merge_partition(
     deleting = pl.col(spec.delete_column).fill_null(False) if spec.delete_column else pl.lit(False)
     latest = latest.with_columns(deleting.alias("__delete"))
     upserts = latest.filter(~pl.col("__delete")).select(data)
-    out: list[dict[str, Any]] = []
+    read, removed, added = 0, list[str](), list[DataFile]()
     matched: list[pl.DataFrame] = []
     # The last rewritten file, left open for the inserts (no extra small file).
     held: DataFileWriter | None = None
@@ -383,13 +400,13 @@ def _merge_partition(
         for f in item["targets"]:
             if not may_hold(f, first):
                 continue  # no source key in this file's range: not read
-            out.append({"kind": "read", "path": f["path"]})
+            read += 1
             writer = rewrite(f)
             if writer is None:
                 continue
-            out.append({"kind": "remove", "path": f["path"]})
+            removed.append(f["path"])
             if held is not None:
-                out += _closed(held)
+                added += _closed(held)
             held = writer
         known = pl.concat(matched) if matched else latest.select(keys).clear()
         inserts = upserts.join(known, on=keys, how="anti")
@@ -399,14 +416,14 @@ def _merge_partition(
             held.write(to_arrow(inserts, file_schema))
             inserts = inserts.clear()
         if held is not None:
-            out += _closed(held)
+            added += _closed(held)
     except BaseException:
         for writer in created:
             writer.abort()
         raise
-    out += _written(storage, target_rel, inserts, file_schema, item["partition_values"], run_id, max_rows)
-    out.append({"kind": "counts", "info": json.dumps(counts)})
-    return pa.Table.from_pylist(out, schema=REPORT)
+    added += write_frame(storage, target_rel, inserts, file_schema, partition_values=item["partition_values"],
+                         prefix=f"part-{run_id}", max_rows=max_rows)
+    return [TaskReport(read, tuple(removed), tuple(added), counts)]
 
 
 # Rows of a target file handled at a time by a merge task (half a row group of the files we write), and how many
@@ -415,18 +432,18 @@ BATCH_ROWS = 128 * 1024
 HELD_BATCHES = 2
 
 
-def _closed(writer: DataFileWriter) -> list[dict[str, Any]]:
-    """The report of a rewritten file: added, unless every row of it was deleted."""
+def _closed(writer: DataFileWriter) -> list[DataFile]:
+    """A rewritten file, closed: added, unless every row of it was deleted."""
     if not writer.rows:
         writer.abort()
         return []
-    return [{"kind": "add", "file": writer.close().to_json()}]
+    return [writer.close()]
 
 
 def _merge_in_one_task(
     item: dict[str, Any], *, storage: Storage, target: Snapshot, source_rel: str, spec: MergeSpec, schema: pa.Schema,
     app_transactions: dict[str, int], metadata: dict[str, Any],
-) -> pa.Table:
+) -> list[CommittedReport]:
     keys = list(spec.keys)
     counts = dict.fromkeys(COUNTS, 0)
     latest = _latest_per_key(read_files(storage, source_rel, item["source"]), spec, counts)
@@ -443,10 +460,9 @@ def _merge_in_one_task(
     counts["updated"] = metrics.get("num_target_rows_updated", 0)
     counts["deleted"] = metrics.get("num_target_rows_deleted", 0)
     counts["unchanged"] = latest.height - counts["inserted"] - counts["updated"] - counts["deleted"]
-    info = counts | {"files_read": metrics.get("num_target_files_scanned", 0),
-                     "files_removed": metrics.get("num_target_files_removed", 0),
-                     "files_added": metrics.get("num_target_files_added", 0)}
-    return pa.Table.from_pylist([{"kind": "counts", "info": json.dumps(info)}], schema=REPORT)
+    return [CommittedReport(counts, files_read=metrics.get("num_target_files_scanned", 0),
+                            files_removed=metrics.get("num_target_files_removed", 0),
+                            files_added=metrics.get("num_target_files_added", 0))]
 
 
 def _in_range(src: pl.DataFrame, key: str, item: dict[str, Any]) -> pl.DataFrame:
@@ -501,9 +517,3 @@ def _changed(
         newer = (source.is_not_null() & (target.is_null() | (source > target))) | (source.eq_missing(target) & newer)
     return candidates.join(joined.filter(differs & newer).select(keys), on=keys, how="semi")
 
-
-def _written(
-    storage: Storage, rel: str, df: pl.DataFrame, schema: pa.Schema, values: dict[str, Any], run_id: str, max_rows: int
-) -> list[dict[str, Any]]:
-    files = write_frame(storage, rel, df, schema, partition_values=values, prefix=f"part-{run_id}", max_rows=max_rows)
-    return [{"kind": "add", "file": f.to_json()} for f in files]
