@@ -1,12 +1,12 @@
-"""A small declared pipeline (sales by day, a shops lookup, totals per shop) for tests of declarations and of the
-gold engine; Ray workers import it by name."""
+"""Small declared pipelines for tests of declarations and of the gold engine (Ray workers import them by name): sales
+by day with a shops lookup and totals per shop, and stores partitioned by the value of their city."""
 
 from __future__ import annotations
 
 import pandera.polars as pa
 import polars as pl
 
-from lakehouse import Gold, Pipeline, Silver, Source, aggregate, day, lookup, per_partition
+from lakehouse import Gold, Pipeline, Silver, Source, aggregate, day, identity, lookup, per_partition
 
 
 class Sale(pa.DataFrameModel):
@@ -53,4 +53,29 @@ PIPELINE = Pipeline(
     gold=[Gold("daily_city", DailyCity, partition="sale_day",
                plan=per_partition("sales", by_city, shops=lookup("shops", key="shop_id", columns=("city",)))),
           Gold("shop_totals", ShopTotals, plan=aggregate("sales", by="shop_id", partial=per_shop, final=shop_totals))],
+)
+
+
+class Store(pa.DataFrameModel):
+    shop_id: pl.Int64
+    city: pl.String
+    size_m2: pl.Int64 = pa.Field(gt=0)
+
+
+class CityStores(pa.DataFrameModel):
+    city: pl.String
+    stores: pl.Int64 = pa.Field(ge=1)
+    size_m2: pl.Int64
+
+
+def per_city(stores: pl.DataFrame) -> pl.DataFrame:
+    return stores.group_by("city").agg(pl.len().alias("stores"), pl.col("size_m2").sum())
+
+
+# Silver partitioned by the value of a column (identity), and a gold table aligned with its partitions.
+STORES = Pipeline(
+    "stores",
+    sources=[Source("stores", format="csv")],
+    silver=[Silver("stores", Store, keys="shop_id", partition=identity("city"))],
+    gold=[Gold("city_stores", CityStores, partition="city", plan=per_partition("stores", per_city))],
 )

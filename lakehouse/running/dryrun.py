@@ -73,7 +73,8 @@ def _silver(ctx: RunContext, pipeline: Pipeline, layer: str, name: str, pending:
     if layer == "silver" and pipeline.silver_spec(name).partition is not None:
         part = pipeline.silver_spec(name).partition
         assert part is not None
-        why.append(f"rewrites the {part.grain} partitions ({part.column}) its new rows fall in")
+        kind = f"{part.grain} partitions" if part.time else "partitions by value"
+        why.append(f"rewrites the {kind} ({part.column}) its new rows fall in")
     action = "process new rows" if new or pending.get(source) else "nothing new"
     return Planned(str(target), action, [f.path for f in new], why)
 

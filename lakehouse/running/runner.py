@@ -193,9 +193,9 @@ def check_settings(settings: Settings, spec: Pipeline) -> None:
                                   f"{spec.name} (known: {', '.join(sorted(known - {'*'}))})")
     for s in spec.silver:
         validate_actions(s.model)
-        if not s.partition and s.name in settings.freshness_days:
-            raise ConfigError(f"setting freshness_days: {s.name} has no event date (it is not partitioned by month); "
-                              "freshness is measured on month-partitioned tables")
+        if not (s.partition and s.partition.time) and s.name in settings.freshness_days:
+            raise ConfigError(f"setting freshness_days: {s.name} has no event date (it is not partitioned by time); "
+                              "freshness is measured on tables partitioned by a time grain")
     for key in settings.check_actions:
         name, _, check = key.rpartition(".")
         if check not in checks.DEFAULT_ACTIONS or (name and name not in tables | sources):

@@ -65,15 +65,16 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     result.inputs = {str(source.ref): source.version}
     result.version = base.version
     months = ctx.months
-    if months and not spec.partition:
-        return result.finish("skipped", "not partitioned by month: a backfill leaves it as it is")
+    timed = spec.partition is not None and spec.partition.time
+    if months and not timed:
+        return result.finish("skipped", "not partitioned by time: a backfill leaves it as it is")
     # A full refresh or a backfill rebuilds (all or some) partitions from every bronze row, not from the table.
     rebuild = ctx.full_refresh or months is not None
     gate = checks.gates(spec.name, model_metadata(spec.model), ctx.settings)
     mark = None if rebuild else table.txn_version(storage, ref(spec.name), app_id(spec.name))
     if mark is not None and mark >= source.version:
         # Nothing new is when a stale feed shows: freshness is checked all the same.
-        if gate.freshness_days is not None and spec.partition and months is None:
+        if gate.freshness_days is not None and timed and months is None:
             result.checks.append(freshness(ctx, spec, gate, list(base.files), []))
         if gate.expect_delivery:
             result.checks.append(checks.empty_batch(gate, f"nothing new in {source.ref} since version {mark}"))
@@ -84,7 +85,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
     extra = new_columns(ctx, spec, source, base)
     common = {"storage": storage, "spec": spec, "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows,
               "extra": extra}
-    measures = drift_measures(spec) if gate.drift and spec.partition else None
+    measures = drift_measures(spec) if gate.drift and timed else None
     try:
         reads = [{"path": f.path} for f in new_files if f.rows]
         # Only an incremental batch can be late: a full refresh takes every row, like a clean run, and a backfill

@@ -66,9 +66,10 @@ def gate_checks(
         out.append(checks.references(gate, column, parent, key, found))
     gone = {r.path for r in replaced}
     kept = [f for f in base.files if f.path not in gone]
-    if gate.freshness_days is not None and spec.partition and batch:  # a backfill rebuilds the past on purpose
+    timed = spec.partition is not None and spec.partition.time
+    if gate.freshness_days is not None and timed and batch:  # a backfill rebuilds the past on purpose
         out.append(freshness(ctx, spec, gate, kept, adds))
-    if gate.drift and spec.partition:
+    if gate.drift and timed:
         out += checks.drift(gate, _drift_pairs(ctx, spec, merged, kept))
     return out
 

@@ -21,8 +21,6 @@ from lakehouse.table import TableFile, TableRef
 LINEAGE = ("_source_file", "_source_line", "_ingested_at")
 
 
-
-
 def ref(name: str) -> TableRef:
     return TableRef("silver", name)
 
@@ -42,11 +40,12 @@ def cdc_app_id(name: str) -> str:
 
 def arrow_schema(spec: SilverSpec, extra: tuple[str, ...] = ()) -> pa.Schema:
     """Model columns with their types, ``extra`` columns (new in landed files, schema drift policy ``evolve``) as
-    strings, bronze lineage, then the partition column."""
+    strings, bronze lineage, then the partition column (a time partitioning's; an identity partitioning's column is
+    the model's own)."""
     fields = [(c, arrow_type(t)) for c, t in model_dtypes(spec.model).items()]
     fields += [(c, pa.string()) for c in extra]
     fields += [(n, bronze.LINEAGE.field(n).type) for n in LINEAGE]
-    if spec.partition:
+    if spec.partition and spec.partition.time:
         fields.append((spec.partition.column, pa.date32()))
     return pa.schema(fields)
 
@@ -85,8 +84,8 @@ def lookback_of(ctx: RunContext, spec: SilverSpec) -> int | None:
 
 def lookback_cutoff(base: table.Snapshot, spec: SilverSpec, lookback: int | None) -> str | None:
     """The first partition a late row may still update (the table's newest partition minus ``lookback`` periods), or
-    None when any late row may (no lookback set, an unpartitioned or empty table)."""
-    if lookback is None or not spec.partition:
+    None when any late row may (no lookback set, an empty table, or one not partitioned by time)."""
+    if lookback is None or not spec.partition or not spec.partition.time:
         return None
     newest = [v for f in base.files if (v := f.partition_values.get(spec.partition.column))]
     if not newest:
@@ -96,7 +95,7 @@ def lookback_cutoff(base: table.Snapshot, spec: SilverSpec, lookback: int | None
 
 def late_check(spec: SilverSpec, cutoff: str | None, months: tuple[str, str] | None) -> tuple[RowCheck, ...]:
     """Older than the lookback window: held in quarantine until a backfill of its month takes it in."""
-    if not cutoff or not spec.partition:
+    if not cutoff or not spec.partition or not spec.partition.time:
         return ()
     column = spec.partition.source_column
     late = spec.partition.expr() < dt.date.fromisoformat(cutoff)  # the row's partition, before the first still open

@@ -2,7 +2,7 @@
 
 from lakehouse.spec.declare import Cdc, Gold, Pipeline, Silver, Source, Stage
 from lakehouse.spec.loader import load
-from lakehouse.spec.partition import Partitioning, day, month, year
+from lakehouse.spec.partition import Partitioning, day, identity, month, year
 from lakehouse.spec.plans import Aggregate, Lookup, PerPartition, Plan, aggregate, lookup, per_partition
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Stage",
     "aggregate",
     "day",
+    "identity",
     "load",
     "lookup",
     "month",

@@ -196,14 +196,15 @@ class Pipeline:
                           f"{', '.join(sorted(silver)) or 'none'}; gold: {', '.join(sorted(gold)) or 'none'})")
 
     def partition_of(self, name: str) -> tuple[str | None, Partitioning | None]:
-        """The partition column of input ``name``, and its time partitioning when it is a partitioned silver table."""
+        """The partition column of input ``name``, and its time partitioning when it is a silver table partitioned
+        by a time grain."""
         layer, table = self.table_of(name)
         if layer == "gold":
             return self.gold_spec(table).partition, None
         spec = next((s for s in self.silver if s.name == table), None)
         if spec is None or spec.partition is None:
             return None, None
-        return spec.partition.column, spec.partition
+        return spec.partition.column, spec.partition if spec.partition.time else None
 
     # --- checks -------------------------------------------------------------------------------------------------
 
@@ -321,17 +322,21 @@ def _check_silver(p: Pipeline, s: Silver, sources: set[str]) -> None:
         raise ConfigError(f"{where}: keys must name at least one column")
     if s.write_mode not in ("overwrite", "merge"):
         raise ConfigError(f"{where}: write_mode must be overwrite or merge, not {s.write_mode!r}")
-    if s.lookback is not None and (s.lookback < 0 or s.partition is None):
+    if s.lookback is not None and (s.lookback < 0 or s.partition is None or not s.partition.time):
         raise ConfigError(f"{where}: lookback needs a time partitioning and a count of periods >= 0")
     if s.partition is not None:
         part = s.partition
         if part.source_column not in columns:
             raise ConfigError(f"{where}: partition is derived from {part.source_column!r}, which is not a column of "
                               f"{s.model.__name__}")
-        if columns[part.source_column] not in (pl.Date, pl.Datetime):
+        if part.time and columns[part.source_column] not in (pl.Date, pl.Datetime):
             raise ConfigError(f"{where}: partition column {part.source_column!r} must be a date or timestamp, not "
-                              f"{columns[part.source_column]}")
-        if part.column in columns:
+                              f"{columns[part.source_column]} (identity({part.source_column!r}) partitions by its "
+                              "value)")
+        if not part.time and columns[part.source_column] in (pl.Float32, pl.Float64):
+            raise ConfigError(f"{where}: partition by the value of {part.source_column!r}, a float, would make a "
+                              "partition of each value; partition by a column of few values")
+        if part.time and part.column in columns:
             raise ConfigError(f"{where}: partition column {part.column!r} is already a column of the model; name it "
                               "with as_=")
 

@@ -1,12 +1,14 @@
-"""Time partitionings: the partition a date falls in, and moving a partition value by whole periods."""
+"""Partitionings: the time partition a date falls in, moving a partition value by whole periods, and partitions by
+a column's value."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import polars as pl
+import pytest
 
-from lakehouse import day, month, year
+from lakehouse import day, identity, month, year
 
 
 def test_shift_moves_by_whole_periods_across_year_ends() -> None:
@@ -27,3 +29,13 @@ def test_the_partition_column_is_the_first_day_of_the_period_of_a_date_or_a_utc_
     assert got == (dt.date(2024, 2, 29), dt.date(2024, 2, 1), dt.date(2024, 1, 1))
     assert month("d").column == "d_month" and day("ts").column == "ts_day"
     assert [month("d").label("1995-03-01"), year("d").label("1995-01-01")] == ["1995-03", "1995"]
+
+
+def test_an_identity_partitioning_is_the_column_itself_and_has_no_periods() -> None:
+    p = identity("city")
+    assert (p.column, p.source_column, p.time) == ("city", "city", False) and month("d").time
+    df = pl.DataFrame({"city": ["Lyon", None]})
+    assert df.select(p.expr()).get_column("city").to_list() == ["Lyon", None]
+    assert p.label("Lyon") == "Lyon"
+    with pytest.raises(ValueError, match="no order of periods"):
+        p.shift("Lyon", -1)

@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse import ConfigError, Gold, Pipeline, Silver, Source, aggregate, day, lookup, month, per_partition
+from lakehouse import (
+    ConfigError,
+    Gold,
+    Pipeline,
+    Silver,
+    Source,
+    aggregate,
+    day,
+    identity,
+    lookup,
+    month,
+    per_partition,
+)
 from lakehouse.spec import load
 from tests.shops import DailyCity, Sale, Shop, ShopTotals, by_city, per_shop, shop_totals
 
@@ -61,6 +73,14 @@ def gold(name: str, plan: object, partition: str | None = "sale_day", model: obj
      "the tables depend on each other in a cycle (gold.a -> gold.b)"),
     ({"gold": [gold("a", per_partition("a", lambda a: a))]}, "gold table 'a' reads itself"),
     ({"silver": [Silver("sales", dict, keys="sale_id")]}, "Silver('sales'): model must be a Pandera DataFrameModel"),
+    ({"silver": [Silver("sales", Sale, keys="sale_id", partition=identity("amount"))]},
+     "partition by the value of 'amount', a float"),
+    ({"silver": [Silver("sales", Sale, keys="sale_id", partition=identity("shop_id"), lookback=2)]},
+     "lookback needs a time partitioning"),
+    ({"silver": [Silver("sales", Sale, keys="sale_id", partition=identity("shop_id")), Silver("shops", Shop,
+                                                                                            keys="shop_id")],
+      "gold": [gold("g", per_partition("sales", by_city, shops=lookup("shops"), window=3))]},
+     "window=3 needs an input partitioned by a time grain"),
 ])
 def test_a_declaration_that_cannot_work_is_refused_naming_it(declared: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as e:
