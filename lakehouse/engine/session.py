@@ -80,7 +80,6 @@ def ensure_ray() -> None:
             runtime_env=runtime_env,
         )
     _session["started"] = True
-    _quiet_data_context()
     _session["start_seconds"] += time.monotonic() - began
 
 
@@ -89,7 +88,12 @@ def start_seconds() -> float:
     return float(_session["start_seconds"])
 
 
-def _quiet_data_context() -> None:
+def quiet_data_context() -> None:
+    """Ray Data set up for our stages, on its first use in this process (importing it costs over a second, and most
+    runs never need it)."""
+    if _session.get("data_context"):
+        return
+    _session["data_context"] = True
     import ray.data
 
     # Our stages log their own summaries and re-raise worker errors with their context (collect); Ray Data's own

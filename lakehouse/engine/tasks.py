@@ -1,9 +1,10 @@
 """The few ways the engine puts work on Ray workers.
 
-* :func:`run_tasks`: one Ray Data task per item (a file, a partition), each returning an Arrow table; used for reads
-  and for partition-aligned work. Only small metadata tables come back to the driver (:func:`collect`).
-* :func:`map_items`: the same, each call returning typed report objects (pickled), for stages whose reports are
-  dataclasses.
+* :func:`map_items`: ``fn(item)`` for each item (a file, a partition, a group of keys) in Ray tasks, each call
+  returning small typed reports (dataclasses: the files it wrote, counts); the data stays on the workers and in the
+  files. What every stage runs on.
+* :func:`run_tasks`: the same as a lazy Ray Dataset of Arrow tables, for a step that goes on in Ray Data
+  (:func:`combine`); only small metadata tables come back to the driver (:func:`collect`).
 * :func:`combine`: the final step of a combiner-style aggregation: the partial aggregates are coalesced into one
   block on a worker (no hash shuffle) and finished there.
 * :func:`broadcast` / :func:`fetch`: a small lookup table computed on a worker, kept in the object store and read
@@ -14,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from lakehouse.engine.session import ensure_ray
+from lakehouse.engine.session import ensure_ray, quiet_data_context
 from lakehouse.errors import LakehouseError
 from lakehouse.ops import faults
 
@@ -36,10 +36,10 @@ def run_tasks(
     fn: Callable[..., Any],
     *,
     fn_kwargs: dict[str, Any] | None = None,
-    reports: bool = False,
 ) -> Any:
     """A lazy Ray Dataset over ``items``; ``fn(item, **fn_kwargs)`` runs on a worker and returns a table."""
     ensure_ray()
+    quiet_data_context()
     import ray
     import ray.data
 
@@ -53,7 +53,7 @@ def run_tasks(
             _apply_each,  # type: ignore[arg-type]
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}, "reports": reports},
+            fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
             **remote_args,
         )
 
@@ -70,26 +70,67 @@ def _bounded_retries() -> Iterator[dict[str, Any]]:
 
 
 def _apply_each(
-    batch: pa.Table, fn: Callable[..., Any], fn_kwargs: dict[str, Any], reports: bool = False
+    batch: pa.Table, fn: Callable[..., Any], fn_kwargs: dict[str, Any]
 ) -> pa.Table:
     faults.point(f"worker:{fn.__name__}")
-    if reports:  # typed reports: each item's list of report objects, pickled
-        found = [r for item in batch.column("item").to_pylist() for r in fn(json.loads(item), **fn_kwargs)]
-        return pa.table({"reports": pa.array([pickle.dumps(found)], pa.binary())})
     tables = [fn(json.loads(item), **fn_kwargs) for item in batch.column("item").to_pylist()]
     return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
 def map_items(items: list[dict[str, Any]], fn: Callable[..., list[Any]], *,
               fn_kwargs: dict[str, Any] | None = None) -> list[Any]:
-    """Run ``fn(item, **fn_kwargs)`` for each item on workers and return every report the calls returned (each call
-    returns a list of small, picklable report objects; data stays on the workers)."""
+    """Run ``fn(item, **fn_kwargs)`` for each item on workers and return every report the calls returned, in the
+    order of the items (each call returns a list of small, picklable report objects; data stays on the workers).
+
+    Ray tasks of one CPU each, a few items per task (at most 4 tasks per CPU: a task's start would otherwise rival
+    the work on small files, and 4 per CPU still balances uneven items). Plain tasks rather than a Ray Data pipeline:
+    a pipeline costs ~0.1-0.5 s to plan and start (and seconds the first time in a process) where a task costs
+    milliseconds (``bench/engine_overhead.py``), and a stage runs a few of them per table. A worker that dies is
+    retried ``TASK_RETRIES`` times; an error of ours stops the call, the tasks still running are cancelled and waited
+    for (so none writes after the stage has cleaned up), and it is raised with its context.
+    """
     if not items:
         return []
-    found: list[Any] = []
-    for row in collect(run_tasks(items, fn, fn_kwargs=fn_kwargs, reports=True)):
-        found += pickle.loads(row["reports"])
-    return found
+    ensure_ray()
+    import ray
+
+    # Items travel as JSON, as they do through run_tasks: a task gets plain lists and strings, whatever path.
+    encoded = [json.dumps(item, default=str) for item in items]
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    count = max(1, min(len(encoded), 4 * cpus))
+    size = -(-len(encoded) // count)
+    groups = [encoded[i:i + size] for i in range(0, len(encoded), size)]
+    kwargs = ray.put(fn_kwargs or {})
+    refs = [_remote_group().remote(group, fn, kwargs) for group in groups]
+    try:
+        done = ray.get(refs)
+    except Exception as e:
+        for r in refs:
+            ray.cancel(r)
+        ray.wait(refs, num_returns=len(refs), timeout=60)
+        ours = _find_ours(e)
+        if ours is not None:
+            raise ours from e
+        raise
+    return [report for reports in done for report in reports]
+
+
+_remote: dict[str, Any] = {}
+
+
+def _remote_group() -> Any:
+    """The Ray remote function that runs a group of items (defined once per process: each definition is exported to
+    the cluster)."""
+    if "group" not in _remote:
+        import ray
+
+        _remote["group"] = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_run_group)
+    return _remote["group"]
+
+
+def _run_group(items: list[str], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any]) -> list[Any]:
+    faults.point(f"worker:{fn.__name__}")
+    return [report for item in items for report in fn(json.loads(item), **fn_kwargs)]
 
 
 def combine(ds: Any, fn: Callable[..., pa.Table], *, fn_kwargs: dict[str, Any] | None = None) -> Any:
