@@ -76,7 +76,6 @@ def stage_source(root: Path, source: object) -> list:  # type: ignore[type-arg]
     a run's merge then finds warm). Not timed: delta-rs is given the source in memory."""
     from lakehouse import engine, silver, table
     from lakehouse.storage import Storage
-    from lakehouse.storage.files import DataFile
 
     storage = Storage(str(root))
     schema = table.snapshot(storage, silver.ref("lineitem")).schema
@@ -85,15 +84,13 @@ def stage_source(root: Path, source: object) -> list:  # type: ignore[type-arg]
     source.write_parquet(root / "_staging/bench/source.parquet")  # type: ignore[attr-defined]
     months = sorted({m.isoformat() for m in source.get_column("ship_month").unique()})  # type: ignore[attr-defined]
     kwargs = {"storage": storage, "path": str(root / "_staging/bench/source.parquet"), "schema": schema}
-    meta = engine.collect(engine.run_tasks([{"month": m} for m in months], _stage_month, fn_kwargs=kwargs))
-    return [DataFile.from_json(m["file"]) for m in meta]
+    return engine.map_items([{"month": m} for m in months], _stage_month, fn_kwargs=kwargs)
 
 
-def _stage_month(item: dict, *, storage: object, path: str, schema: object) -> object:  # type: ignore[type-arg]
+def _stage_month(item: dict, *, storage: object, path: str, schema: object) -> list:  # type: ignore[type-arg]
     import datetime as dt
 
     import polars as pl
-    import pyarrow as pa
 
     from lakehouse.storage.frames import without, write_frame
 
@@ -101,7 +98,7 @@ def _stage_month(item: dict, *, storage: object, path: str, schema: object) -> o
     rows = pl.read_parquet(path).filter(pl.col("ship_month") == month).drop("ship_month")
     files = write_frame(storage, "_staging/bench/merge", rows, without(schema, ["ship_month"]),  # type: ignore[arg-type]
                         partition_values={"ship_month": item["month"]}, prefix="staged", max_rows=1_000_000)
-    return pa.table({"file": [f.to_json() for f in files]})
+    return files
 
 
 def lakehouse_arm(root: Path, staged: list) -> object:  # type: ignore[type-arg]

@@ -1,4 +1,4 @@
-"""lakehouse: a medallion ETL engine (bronze → silver → gold Delta tables) on Ray Data, driven by Prefect."""
+"""lakehouse: a medallion ETL engine (bronze → silver → gold Delta tables) on Ray, driven by Prefect."""
 
 from lakehouse.errors import (
     CommitConflict,

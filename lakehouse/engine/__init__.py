@@ -2,27 +2,16 @@
 at import time) and the few ways work goes onto workers (:mod:`.tasks`)."""
 
 from lakehouse.engine.session import ensure_ray, ray_session, start_seconds
-from lakehouse.engine.tasks import (
-    TASK_RETRIES,
-    broadcast,
-    collect,
-    combine,
-    fetch,
-    map_items,
-    original,
-    run_tasks,
-)
+from lakehouse.engine.tasks import TASK_RETRIES, broadcast, fetch, map_items, map_reduce, original
 
 __all__ = [
     "TASK_RETRIES",
     "broadcast",
-    "collect",
-    "combine",
     "ensure_ray",
     "fetch",
     "map_items",
+    "map_reduce",
     "original",
     "ray_session",
-    "run_tasks",
     "start_seconds",
 ]

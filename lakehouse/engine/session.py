@@ -86,24 +86,3 @@ def ensure_ray() -> None:
 def start_seconds() -> float:
     """Seconds this process has spent starting Ray (stages report it, so a first stage does not look slow)."""
     return float(_session["start_seconds"])
-
-
-def quiet_data_context() -> None:
-    """Ray Data set up for our stages, on its first use in this process (importing it costs over a second, and most
-    runs never need it)."""
-    if _session.get("data_context"):
-        return
-    _session["data_context"] = True
-    import ray.data
-
-    # Our stages log their own summaries and re-raise worker errors with their context (collect); Ray Data's own
-    # per-dataset lines and error dumps would only repeat them (its log files keep everything). Ray Data configures
-    # its loggers when imported, so this comes after the import.
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-
-    ctx = ray.data.DataContext.get_current()
-    # Our errors carry their table/file context; without this Ray Data replaces them by a UserCodeException whose
-    # cause is lost on the way back to the driver.
-    ctx.raise_original_map_exception = True
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False

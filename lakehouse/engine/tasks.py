@@ -3,78 +3,26 @@
 * :func:`map_items`: ``fn(item)`` for each item (a file, a partition, a group of keys) in Ray tasks, each call
   returning small typed reports (dataclasses: the files it wrote, counts); the data stays on the workers and in the
   files. What every stage runs on.
-* :func:`run_tasks`: the same as a lazy Ray Dataset of Arrow tables, for a step that goes on in Ray Data
-  (:func:`combine`); only small metadata tables come back to the driver (:func:`collect`).
-* :func:`combine`: the final step of a combiner-style aggregation: the partial aggregates are coalesced into one
-  block on a worker (no hash shuffle) and finished there.
+* :func:`map_reduce`: the same, then one more task over every result, which stay in the object store (a combiner
+  step with no hash shuffle, the data never through the driver).
 * :func:`broadcast` / :func:`fetch`: a small lookup table computed on a worker, kept in the object store and read
-  once per worker process, for joins inside ``map_batches``.
+  once per worker process, for joins inside tasks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
-from lakehouse.engine.session import ensure_ray, quiet_data_context
+from lakehouse.engine.session import ensure_ray
 from lakehouse.errors import LakehouseError
 from lakehouse.ops import faults
 
 _fetched: dict[str, Any] = {}
-# A task whose worker process dies (OOM killer, a lost node) is retried this many times, then the stage fails. Ray
-# Data's default is to retry such tasks forever, which turns a worker that always dies into a run that never ends.
+# A task whose worker process dies (OOM killer, a lost node) is retried this many times, then the stage fails (retrying
+# forever, Ray Data's default, turns a worker that always dies into a run that never ends).
 TASK_RETRIES = 3
-
-
-def run_tasks(
-    items: list[dict[str, Any]],
-    fn: Callable[..., Any],
-    *,
-    fn_kwargs: dict[str, Any] | None = None,
-) -> Any:
-    """A lazy Ray Dataset over ``items``; ``fn(item, **fn_kwargs)`` runs on a worker and returns a table."""
-    ensure_ray()
-    quiet_data_context()
-    import ray
-    import ray.data
-
-    rows = [{"item": json.dumps(item, default=str)} for item in items]
-    # A few items per task: Ray Data's per-task cost (~0.1 s here) would otherwise rival the work on small files,
-    # while 4 tasks per CPU still leaves room to balance uneven items.
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * cpus)))
-    with _bounded_retries() as remote_args:
-        return ds.map_batches(
-            _apply_each,  # type: ignore[arg-type]
-            batch_size=1,
-            batch_format="pyarrow",
-            fn_kwargs={"fn": fn, "fn_kwargs": fn_kwargs or {}},
-            **remote_args,
-        )
-
-
-@contextlib.contextmanager
-def _bounded_retries() -> Iterator[dict[str, Any]]:
-    """Remote args that bound retries of tasks whose worker died. Ray 2.60 has no named parameter for this and warns
-    that ``ray_remote_args`` goes away in 2.64 (pyproject keeps Ray below it); the warning is silenced here."""
-    from ray.util.annotations import RayDeprecationWarning
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=RayDeprecationWarning, message=".*ray_remote_args")
-        yield {"max_retries": TASK_RETRIES}
-
-
-def _apply_each(
-    batch: pa.Table, fn: Callable[..., Any], fn_kwargs: dict[str, Any]
-) -> pa.Table:
-    faults.point(f"worker:{fn.__name__}")
-    tables = [fn(json.loads(item), **fn_kwargs) for item in batch.column("item").to_pylist()]
-    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
 def map_items(items: list[dict[str, Any]], fn: Callable[..., list[Any]], *,
@@ -92,65 +40,74 @@ def map_items(items: list[dict[str, Any]], fn: Callable[..., list[Any]], *,
     if not items:
         return []
     ensure_ray()
+    refs = _submit(items, fn, fn_kwargs)
+    done = _get(refs, refs)
+    return [report for reports in done for report in reports]
+
+
+def map_reduce(items: list[dict[str, Any]], fn: Callable[..., list[Any]], reduce: Callable[..., list[Any]], *,
+               fn_kwargs: dict[str, Any] | None = None, reduce_kwargs: dict[str, Any] | None = None) -> list[Any]:
+    """``fn(item, **fn_kwargs)`` for each item on workers, as :func:`map_items`, but what the calls return stays in
+    the object store; then ``reduce(results, **reduce_kwargs)`` on one worker, given every call's results in the
+    items' order, returns the reports. A combiner step with no hash shuffle: the data never goes through the driver.
+    """
+    ensure_ray()
+    parts = _submit(items, fn, fn_kwargs) if items else []
+    final = _remote("reduce", _reduce).remote(reduce, reduce_kwargs or {}, *parts)
+    [reports] = _get([final], [*parts, final])
+    return list(reports)
+
+
+def _submit(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any] | None) -> list[Any]:
     import ray
 
-    # Items travel as JSON, as they do through run_tasks: a task gets plain lists and strings, whatever path.
+    # Items travel as JSON: a task gets plain lists and strings, whatever path they took.
     encoded = [json.dumps(item, default=str) for item in items]
     cpus = int(ray.cluster_resources().get("CPU", 1))
     count = max(1, min(len(encoded), 4 * cpus))
     size = -(-len(encoded) // count)
-    groups = [encoded[i:i + size] for i in range(0, len(encoded), size)]
     kwargs = ray.put(fn_kwargs or {})
-    refs = [_remote_group().remote(group, fn, kwargs) for group in groups]
+    return [_remote("group", _run_group).remote(encoded[i:i + size], fn, kwargs) for i in range(0, len(encoded), size)]
+
+
+def _get(wanted: list[Any], submitted: list[Any]) -> list[Any]:
+    """The values of ``wanted``; on an error, every task ``submitted`` is cancelled and waited for (so none writes
+    after the stage has cleaned up), and an error of ours is raised as such, with its context."""
+    import ray
+
     try:
-        done = ray.get(refs)
-    except Exception as e:
-        for r in refs:
+        return list(ray.get(wanted))
+    except Exception as e:  # Ray wraps worker errors; surface ours with their context
+        for r in submitted:
             ray.cancel(r)
-        ray.wait(refs, num_returns=len(refs), timeout=60)
+        ray.wait(submitted, num_returns=len(submitted), timeout=60)
         ours = _find_ours(e)
         if ours is not None:
             raise ours from e
         raise
-    return [report for reports in done for report in reports]
 
 
-_remote: dict[str, Any] = {}
+_remotes: dict[str, Any] = {}
 
 
-def _remote_group() -> Any:
-    """The Ray remote function that runs a group of items (defined once per process: each definition is exported to
-    the cluster)."""
-    if "group" not in _remote:
+def _remote(name: str, fn: Callable[..., Any]) -> Any:
+    """``fn`` as a Ray remote function of one CPU with bounded retries, defined once per process (each definition is
+    exported to the cluster)."""
+    if name not in _remotes:
         import ray
 
-        _remote["group"] = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_run_group)
-    return _remote["group"]
+        _remotes[name] = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fn)
+    return _remotes[name]
 
 
 def _run_group(items: list[str], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any]) -> list[Any]:
     faults.point(f"worker:{fn.__name__}")
-    return [report for item in items for report in fn(json.loads(item), **fn_kwargs)]
+    return [result for item in items for result in fn(json.loads(item), **fn_kwargs)]
 
 
-def combine(ds: Any, fn: Callable[..., pa.Table], *, fn_kwargs: dict[str, Any] | None = None) -> Any:
-    """Coalesce all blocks of ``ds`` into one (no shuffle) and apply ``fn(table, **fn_kwargs)`` to it on a worker."""
-    with _bounded_retries() as remote_args:
-        return ds.repartition(1).map_batches(
-            fn, batch_size=None, batch_format="pyarrow", fn_kwargs=fn_kwargs or {}, zero_copy_batch=True,
-            **remote_args,
-        )
-
-
-def collect(ds: Any) -> list[dict[str, Any]]:
-    """Run ``ds`` and return its rows; only for small metadata results. Errors of ours are re-raised as such."""
-    try:
-        return list(ds.take_all())
-    except Exception as e:  # Ray wraps worker errors; surface ours with their context
-        ours = _find_ours(e)
-        if ours is not None:
-            raise ours from e
-        raise
+def _reduce(reduce: Callable[..., list[Any]], kwargs: dict[str, Any], *parts: list[Any]) -> list[Any]:
+    faults.point(f"worker:{reduce.__name__}")
+    return reduce([result for part in parts for result in part], **kwargs)
 
 
 def _find_ours(error: BaseException | None) -> LakehouseError | None:

@@ -9,18 +9,17 @@ import json
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
 from lakehouse import engine, table
 from lakehouse.quality import checks, quarantine
 from lakehouse.quality.validation import model_dtypes
 from lakehouse.running.context import RunContext
-from lakehouse.silver.reports import Finding, Merged, Profiled, Quarantined, Read, Report, Staged
+from lakehouse.silver.reports import Finding, Merged, Orphans, Profiled, Quarantined, Read, Report, Staged, plain
 from lakehouse.silver.tables import ref
 from lakehouse.spec import Silver as SilverSpec
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile
-from lakehouse.storage.frames import read_files, to_frame
+from lakehouse.storage.frames import read_files
 from lakehouse.table import TableFile, TableRef
 
 
@@ -138,7 +137,7 @@ def _orphans(
 
     On workers, never a whole table in one process: the batch's distinct values (in hash buckets of at most
     4 x ``broadcast_max_rows`` rows, one round per bucket) are broadcast, each parent file reports which of them it
-    holds, and one combine step counts the rest."""
+    holds (its hits stay in the object store), and one more task counts the rest."""
     total: dict[str, Any] = {"orphans": 0, "checked": 0, "sample": []}
     if not rows:
         return total
@@ -148,12 +147,12 @@ def _orphans(
     buckets = max(1, -(-sum(f.rows for f in rows) // (4 * ctx.settings.broadcast_max_rows)))
     for bucket in range(buckets):
         keys = engine.broadcast(_child_keys, storage, staging, items, column, bucket, buckets)
-        hits = engine.run_tasks(parent_files, _parent_hits, fn_kwargs={"storage": storage, "rel": parent.rel,
-                                                                        "key": key, "keys": keys})
-        [found] = engine.collect(engine.combine(hits, _orphan_count, fn_kwargs={"keys": keys}))
-        total["orphans"] += found["orphans"]
-        total["checked"] += found["checked"]
-        total["sample"] = sorted(total["sample"] + json.loads(found["sample"]))[:5]
+        [found] = engine.map_reduce(parent_files, _parent_hits, _orphan_count,
+                                    fn_kwargs={"storage": storage, "rel": parent.rel, "key": key, "keys": keys},
+                                    reduce_kwargs={"keys": keys})
+        total["orphans"] += found.orphans
+        total["checked"] += found.checked
+        total["sample"] = sorted(total["sample"] + list(found.sample))[:5]
     return total
 
 
@@ -167,31 +166,23 @@ def _child_keys(
     return values.value_counts(name="__n").rename({column: "__value"})
 
 
-def _parent_hits(item: dict[str, Any], *, storage: Storage, rel: str, key: str, keys: Any) -> pa.Table:
+def _parent_hits(item: dict[str, Any], *, storage: Storage, rel: str, key: str, keys: Any) -> list[pl.DataFrame]:
     """Which of the broadcast values this parent file holds."""
     wanted: pl.DataFrame = engine.fetch(keys)
     if item["path"] is None:  # no parent table (yet): nothing is found
-        hits = wanted.select("__value").clear()
-    else:
-        own = read_files(storage, rel, [item], columns=[key]).get_column(key).unique()
-        hits = wanted.select("__value").join(own.cast(wanted.schema["__value"]).rename("__value").to_frame(),
-                                              on="__value", how="semi")
-    # One null row always: a combine step over blocks that are all empty would never run.
-    return pl.concat([hits, pl.DataFrame({"__value": [None]}, schema=hits.schema)]).to_arrow()
+        return []
+    own = read_files(storage, rel, [item], columns=[key]).get_column(key).unique()
+    return [wanted.select("__value").join(own.cast(wanted.schema["__value"]).rename("__value").to_frame(),
+                                          on="__value", how="semi")]
 
 
-def _orphan_count(found: pa.Table, *, keys: Any) -> pa.Table:
+def _orphan_count(found: list[pl.DataFrame], *, keys: Any) -> list[Orphans]:
     """The broadcast values no parent file holds: rows, distinct values and a sample."""
     wanted: pl.DataFrame = engine.fetch(keys)
-    hits = to_frame(found).drop_nulls().unique()
+    hits = pl.concat(found).unique() if found else wanted.select("__value").clear()
     missing = wanted.join(hits, on="__value", how="anti")
-    sample = json.dumps(missing.get_column("__value").sort().head(5).to_list(), default=str)
-    orphans, checked = int(missing.get_column("__n").sum()), int(wanted.get_column("__n").sum())
-    return pa.table({"orphans": [orphans], "checked": [checked], "sample": [sample]}, schema=ORPHANS)
-
-
-# The one row a combine step reports: orphan rows, rows checked, and a sample of orphan values (JSON).
-ORPHANS = pa.schema([("orphans", pa.int64()), ("checked", pa.int64()), ("sample", pa.string())])
+    sample = tuple(plain(v) for v in missing.get_column("__value").sort().head(5).to_list())
+    return [Orphans(int(missing.get_column("__n").sum()), int(wanted.get_column("__n").sum()), sample)]
 
 
 def profile_month(item: dict[str, Any], *, storage: Storage, rel: str, measures: list[str]) -> list[Profiled]:

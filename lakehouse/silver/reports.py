@@ -85,6 +85,16 @@ class Rewritten:
     replaces: str
 
 
+@dataclass(frozen=True)
+class Orphans:
+    """Of the batch's rows checked against a parent table, how many hold a value no parent row has, and the smallest
+    few such values."""
+
+    orphans: int
+    checked: int
+    sample: tuple[Any, ...]
+
+
 Report = Read | Finding | Quarantined | Staged | Merged | Profiled | Replayed | Rewritten
 
 

@@ -42,6 +42,7 @@ def _every_report(f: DataFile) -> list[Any]:
         reports.Merged((f,), rows_in=3, kept=2, partition="2024-03-01", profile={"rows": 3, "price": {"mean": 1.5}}),
         reports.Profiled("2024-02-01", {"rows": 0}),
         reports.Replayed(2),
+        reports.Orphans(2, 10, (7, 9)),
         reports.Rewritten(None, 0, "part-q.parquet"),
         gold.Written(f),
         gold.Staged(3, f),
