@@ -20,7 +20,7 @@ from lakehouse.spec import Cdc, Silver, Source
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile, write_data_file
 from lakehouse.storage.frames import read_files, to_arrow, write_frame
-from lakehouse.table import merge
+from lakehouse.table import merge, ranges
 
 
 def app_id(name: str) -> str:
@@ -98,7 +98,7 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
             if not changed:
                 marks[app] = source.version
         if not done_current:
-            item = {"events": event_items, "history": [merge.ranged_item(f, spec.keys[0]) for f in history.files]}
+            item = {"events": event_items, "history": [ranges.ranged_item(f, spec.keys[0]) for f in history.files]}
             kwargs = {**common, "history_rel": history.ref.rel, "target_schema": target.schema}
             staged: list[DataFile] = engine.map_items([item], _current_rows, fn_kwargs=kwargs)
             merged = merge.merge(
@@ -148,7 +148,7 @@ def _commit_history(
     watermark)."""
     storage = ctx.storage
     key = spec.keys[0]
-    item = {"events": events, "history": [] if seed else [merge.ranged_item(f, key) for f in history.files],
+    item = {"events": events, "history": [] if seed else [ranges.ranged_item(f, key) for f in history.files],
             "seed": [f.item() for f in target.files] if seed else []}
     kwargs = {"storage": storage, "spec": spec, "history_rel": silver.ref(cdc.history).rel, "staging": staging,
               "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
@@ -248,7 +248,7 @@ def _rebuild_history(
     hits: list[pl.DataFrame] = []
     hit_files: list[dict[str, Any]] = []
     for f in item["history"]:
-        if not merge.may_hold(f, first):
+        if not ranges.may_hold(f, first):
             continue
         hit = read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
         if hit.height:
@@ -285,7 +285,7 @@ def _current_rows(
     touched = read_files(storage, staging, item["events"], columns=keys).unique()
     first = touched.get_column(keys[0])
     found = [read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
-             for f in item["history"] if merge.may_hold(f, first)]
+             for f in item["history"] if ranges.may_hold(f, first)]
     history = history_schema(spec)
     versions = pl.concat(found, how="vertical_relaxed") if found else pl.DataFrame(schema=_polars(history))
     rows = current(versions, touched, tuple(spec.keys))

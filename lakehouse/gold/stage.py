@@ -39,7 +39,7 @@ from lakehouse.spec import Aggregate, Gold, Lookup, PerPartition, Pipeline
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile
 from lakehouse.storage.frames import arrow_type
-from lakehouse.table import Snapshot, TableFile, merge
+from lakehouse.table import Snapshot, TableFile, merge, ranges
 
 log = logging.getLogger("lakehouse")
 # At most this many (partition) buckets for the final step of an aggregation.
@@ -181,7 +181,7 @@ def _through(ctx: RunContext, pipeline: Pipeline, p: Aggregate, main: Input, via
     if not files or not via.snap.files:
         return set()
     keys = engine.broadcast(tasks.distinct_keys, storage, source_table(pipeline, main), files, [lk.by_column])
-    found = engine.map_items([merge.ranged_item(f, lk.key) for f in via.snap.files], tasks.through_task,
+    found = engine.map_items([ranges.ranged_item(f, lk.key) for f in via.snap.files], tasks.through_task,
                              fn_kwargs={"storage": storage, "table": source_table(pipeline, via), "key": lk.key,
                                         "keys": keys})
     return {(f.value,) for f in found}
@@ -235,7 +235,7 @@ def _place(ctx: RunContext, pipeline: Pipeline, name: str, lk: Lookup, i: Input,
         ref_ = engine.broadcast(tasks.read_lookup, ctx.storage, table_, items(files), lk)
         return tasks.LookupInput(name=name, table=table_, lookup=lk, ref=ref_)
     return tasks.LookupInput(name=name, table=table_, lookup=lk,
-                             files=tuple(merge.ranged_item(f, lk.key) for f in files))
+                             files=tuple(ranges.ranged_item(f, lk.key) for f in files))
 
 
 def _per_partition(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: PerPartition, ins: dict[str, Input],

@@ -25,7 +25,7 @@ from lakehouse.spec.plans import Transform, parameters
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile, partition_value, write_data_file
 from lakehouse.storage.frames import partition_literal, read_files, to_arrow, without, write_frame
-from lakehouse.table import merge
+from lakehouse.table import ranges
 
 DELETE = "__delete"
 BUCKET = "__bucket"
@@ -108,7 +108,7 @@ class LookupInput:
         dtype = self.table.schema.get(lk.key)
         if dtype is not None and keys.dtype != dtype:
             keys = keys.cast(dtype, strict=False)
-        wanted = [f for f in self.files if keys.len() and merge.may_hold(f, keys)]
+        wanted = [f for f in self.files if keys.len() and ranges.may_hold(f, keys)]
         where = pl.col(lk.key).is_in(keys.implode())
         return self.table.read(storage, wanted, lk.read_columns(), where if lk.where is None else where & lk.where)
 
@@ -325,7 +325,7 @@ def through_task(item: dict[str, Any], *, storage: Storage, table: Table, key: s
     """Does this file of the lookup an aggregate goes through hold one of the changed rows' keys? Its partition."""
     wanted: pl.DataFrame = engine.fetch(keys)
     values = wanted.get_column(wanted.columns[0]).drop_nulls()
-    if not values.len() or not merge.may_hold(item, values.cast(table.schema.get(key) or values.dtype, strict=False)):
+    if not values.len() or not ranges.may_hold(item, values.cast(table.schema.get(key) or values.dtype, strict=False)):
         return []
     own = table.read(storage, [item], [key]).get_column(key)
     hit = own.is_in(values.cast(own.dtype, strict=False).implode()).any()

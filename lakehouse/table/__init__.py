@@ -1,5 +1,6 @@
-"""Delta tables: deltalake's home (:mod:`.delta`: snapshots, the one commit builder, log reading) and MERGE on keys
-(:mod:`.merge`, planned from the log and executed on workers)."""
+"""Delta tables: deltalake's home (:mod:`.delta`: snapshots, the one commit builder, log reading), MERGE on keys
+(:mod:`.merge` plans from the log and commits, :mod:`.merge_tasks` runs on workers), and the key ranges of files
+from their statistics (:mod:`.ranges`)."""
 
 from lakehouse.table.delta import (
     META_PREFIX,

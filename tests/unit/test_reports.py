@@ -16,7 +16,7 @@ from lakehouse.quality.quarantine import Released
 from lakehouse.silver import reports
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile, write_data_file
-from lakehouse.table.merge import CommittedReport, TaskReport
+from lakehouse.table.merge_tasks import CommittedReport, TaskReport
 
 
 @pytest.fixture
