@@ -41,6 +41,19 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def ray_address(ray_session: None) -> str:
+    """The address of the session's Ray, for ``lakehouse`` subprocesses to join (``RAY_ADDRESS``) rather than start and
+    stop one of their own, which costs 5-10 s a run here. A fail point inside a worker needs the subprocess's own Ray:
+    only the workers a process starts inherit its environment, where fail points are armed."""
+    import ray
+
+    from lakehouse import engine
+
+    engine.ensure_ray()
+    return str(ray.get_runtime_context().gcs_address)
+
+
+@pytest.fixture(scope="session")
 def tpch_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """TPC-H SF 0.01, first 8 order months, landed once per session; copy it before landing more into it."""
     from examples.tpch.demo import generate

@@ -18,10 +18,13 @@ LAYERS = ("bronze", "silver", "gold", "quarantine")
 VOLATILE = ("_ingested_at", "_run_id", "_quarantined_at")
 
 
-def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """The environment of a ``lakehouse`` subprocess: its own bounded local Ray, no failpoints unless given."""
+def cli_env(tmp: Path, *, ray_address: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a ``lakehouse`` subprocess: its own bounded local Ray, or with ``ray_address`` the session's
+    (the ``ray_address`` fixture), and no failpoints unless given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_") and k != "RAY_ADDRESS"}
     env.update(LAKEHOUSE_RAY_CPUS="2", LAKEHOUSE_RAY_OBJECT_STORE_BYTES=str(256 << 20))
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     env.update(extra)
     return env
 

@@ -74,14 +74,17 @@ def write_data_file(
 
     ``constant`` names columns that hold one value in this file (a bronze file's ``_source_file``): their stats are
     exact whatever their length, and set even when the file has no rows, so the log alone tells what was ingested.
-    ``stats=False``: none (a staged file no reader skips by statistics).
+    ``stats=False``: none, in the log or in the file, and no dictionary encoding (a staged file, read once whole and
+    never skipped by statistics: dictionary encoding is most of the cost of writing one, measured at 25 vs 7 ms for
+    the 50K partial rows of a TPC-H SF 1 lineitem file).
     """
     partition_values = partition_values or {}
     sub = partition_dir(partition_values)
     name = f"{prefix}-{uuid.uuid4().hex}.parquet"
     rel = posixpath.join(sub, name) if sub else name
     buf = io.BytesIO()
-    pq.write_table(data, buf, compression="snappy", row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(data, buf, compression="snappy", row_group_size=ROW_GROUP_ROWS, use_dictionary=stats,
+                   write_statistics=stats)
     payload = buf.getvalue()
     storage.write_bytes_atomic(posixpath.join(table_rel, rel), payload)
     return DataFile(

@@ -240,11 +240,11 @@ def plan(target: Snapshot, source: list[DataFile], spec: MergeSpec, *, group_row
 def _key_ranges(files: list[TableFile], key: str, group_rows: int) -> list[tuple[Any, Any, list[TableFile]]]:
     """The files split into tasks ``(key_from, key_to, files)``: ranges [key_from, key_to) that cover every key (None:
     unbounded), each holding whole groups of files with overlapping key ranges, about ``group_rows`` rows a task."""
-    bounds = [bounds(f, key) for f in files]
-    if sum(f.rows for f in files) <= group_rows or any(None in b for b in bounds):
+    spans = [bounds(f, key) for f in files]
+    if sum(f.rows for f in files) <= group_rows or any(None in b for b in spans):
         return [(None, None, files)]  # small enough, or a file without statistics may hold any key
     overlapping: list[tuple[Any, Any, list[TableFile]]] = []  # (low, high, files), disjoint, in key order
-    for (low, high), f in sorted(zip(bounds, files, strict=True), key=lambda b: b[0]):
+    for (low, high), f in sorted(zip(spans, files, strict=True), key=lambda b: b[0]):
         if overlapping and low <= overlapping[-1][1]:
             last = overlapping[-1]
             overlapping[-1] = (last[0], max(last[1], high), [*last[2], f])

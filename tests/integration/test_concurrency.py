@@ -25,9 +25,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.slow
-def test_two_runs_started_together_end_as_one_run(landed: Path, clean: Clean, tmp_path: Path) -> None:
-    # when two `lakehouse run` processes start at the same moment on the same root
-    procs = [start("run", "--root", str(landed), env=cli_env(tmp_path)) for _ in range(2)]
+def test_two_runs_started_together_end_as_one_run(
+    landed: Path, clean: Clean, tmp_path: Path, ray_address: str
+) -> None:
+    # when two `lakehouse run` processes start at the same moment on the same root (sharing one Ray)
+    procs = [start("run", "--root", str(landed), env=cli_env(tmp_path, ray_address=ray_address)) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
 
     # then both succeed, and the tables hold what one run gives, with as many versions as one run makes

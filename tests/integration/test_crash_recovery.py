@@ -44,7 +44,7 @@ def _table(point: str) -> tuple[str, str]:
 
 
 def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
-    landed: Path, clean: Clean, tmp_path: Path
+    landed: Path, clean: Clean, tmp_path: Path, ray_address: str
 ) -> None:
     root = landed
     for point in KILL_POINTS:
@@ -52,7 +52,7 @@ def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
         before = versions(root)
 
         # when a run is killed at the point
-        env = cli_env(tmp_path, LAKEHOUSE_FAILPOINTS=f"{point}=kill")
+        env = cli_env(tmp_path, ray_address=ray_address, LAKEHOUSE_FAILPOINTS=f"{point}=kill")
         done = cli("run", "--root", str(root), env=env)
 
         # then it died there, and no table shows a partial write: each is readable at a committed version, the table
@@ -68,7 +68,7 @@ def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
         assert all(after[t] >= v for t, v in before.items() if v is not None), "no table went back"
 
     # when the pipeline runs again with nothing armed
-    done = cli("run", "--root", str(root), env=cli_env(tmp_path))
+    done = cli("run", "--root", str(root), env=cli_env(tmp_path, ray_address=ray_address))
 
     # then every table holds exactly what a clean run gives
     assert done.returncode == 0, done.stderr
@@ -79,7 +79,7 @@ def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
     left = {str(r): orphans(storage, r, min_age_seconds=0) for r in list_tables(storage, LAYERS)}
     assert left["bronze.region"] and left["bronze.lineitem"] and left["silver.orders"]
     assert (root / "_staging").exists() and any((root / "_staging").iterdir())
-    swept = cli("sweep", "--root", str(root), "--retention-hours", "0", env=cli_env(tmp_path))
+    swept = cli("sweep", "--root", str(root), "--retention-hours", "0", env=cli_env(tmp_path, ray_address=ray_address))
     assert swept.returncode == 0, swept.stderr
     assert f"removed {sum(len(v) for v in left.values())} files" in swept.stdout
     assert all(not orphans(storage, r, min_age_seconds=0) for r in list_tables(storage, LAYERS))
@@ -87,14 +87,17 @@ def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
     assert_same_lake(contents(root), clean.tables)
 
 
-def test_killed_at_random_moments_a_rerun_gives_the_clean_tables(landed: Path, clean: Clean, tmp_path: Path) -> None:
+def test_killed_at_random_moments_a_rerun_gives_the_clean_tables(
+    landed: Path, clean: Clean, tmp_path: Path, ray_address: str
+) -> None:
+    env = cli_env(tmp_path, ray_address=ray_address)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     # how long a whole run takes here, to pick moments inside it
     probe = tmp_path / "probe"
     shutil.copytree(landed, probe)
     began = time.monotonic()
-    assert cli("run", "--root", str(probe), env=cli_env(tmp_path)).returncode == 0
+    assert cli("run", "--root", str(probe), env=env).returncode == 0
     whole = time.monotonic() - began
     for attempt in range(3):
         root = tmp_path / f"random-{attempt}"
@@ -102,14 +105,14 @@ def test_killed_at_random_moments_a_rerun_gives_the_clean_tables(landed: Path, c
         at = rng.uniform(0.5, whole)
 
         # when a run is killed at a random moment, and the pipeline runs again
-        proc = start("run", "--root", str(root), env=cli_env(tmp_path))
+        proc = start("run", "--root", str(root), env=env)
         try:
             proc.wait(timeout=at)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         contents(root)  # whatever is committed reads back
-        done = cli("run", "--root", str(root), env=cli_env(tmp_path))
+        done = cli("run", "--root", str(root), env=env)
 
         # then the tables are exactly those of a clean run
         assert done.returncode == 0, f"seed {seed}, killed at {at:.1f}s: {done.stderr}"

@@ -22,8 +22,8 @@ def _ok(done: object) -> str:
     return done.stdout  # type: ignore[attr-defined,no-any-return]
 
 
-def test_init_events_then_demo_data_plan_and_run(tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+def test_init_events_then_demo_data_plan_and_run(tmp_path: Path, ray_address: str) -> None:
+    env = cli_env(tmp_path, ray_address=ray_address)
     project = tmp_path / "web"
     _ok(cli("init", str(project), "--example", "events", env=env))
     for rel in ("lakehouse.toml", "pipelines/events.py", "schemas/events.py", "prefect.yaml", "medallion_flow.py"):
@@ -48,8 +48,8 @@ def test_init_events_then_demo_data_plan_and_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_init_tpch_then_demo_data_and_run(tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+def test_init_tpch_then_demo_data_and_run(tmp_path: Path, ray_address: str) -> None:
+    env = cli_env(tmp_path, ray_address=ray_address)
     project = tmp_path / "tpch"
     _ok(cli("init", str(project), "--example", "tpch", env=env))
     _ok(cli("demo-data", "--scale-factor", "0.01", "--months", "3", env=env, cwd=project))
@@ -59,8 +59,8 @@ def test_init_tpch_then_demo_data_and_run(tmp_path: Path) -> None:
         assert_frames_match(pl.read_delta(str(project / "lakehouse-data/gold" / name)), expected(raw, name), keys)
 
 
-def test_the_readme_tutorial_on_the_empty_skeleton(tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+def test_the_readme_tutorial_on_the_empty_skeleton(tmp_path: Path, ray_address: str) -> None:
+    env = cli_env(tmp_path, ray_address=ray_address)
     project = tmp_path / "shop"
     _ok(cli("init", str(project), "--example", "empty", env=env))
     drop = project / "lakehouse-data/raw/orders/2026-11-30"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -75,7 +76,7 @@ def test_a_batch_above_the_threshold_fails_the_run_before_any_commit(lake_copy: 
 
 
 def test_with_nothing_declared_a_mostly_bad_drop_fails_and_one_setting_loosens_it(
-    lake_copy: Callable[[], Lake], tmp_path: object
+    lake_copy: Callable[[], Lake], tmp_path: Path, ray_address: str
 ) -> None:
     # given: TPC-H declares no quarantined share for orders; a drop of 8 orders, 2 of them invalid (25%)
     from tests.harness import cli, cli_env
@@ -86,14 +87,14 @@ def test_with_nothing_declared_a_mostly_bad_drop_fails_and_one_setting_loosens_i
     before = versions(lake.root)
 
     # when it runs as a user runs it, then it fails at the default 5%, naming the table, the share and the reason
-    done = cli("run", "--root", str(lake.root), env=cli_env(tmp_path))  # type: ignore[arg-type]
+    done = cli("run", "--root", str(lake.root), env=cli_env(tmp_path, ray_address=ray_address))
     assert done.returncode == 1
     assert ("silver.orders: quality check quarantined_share failed: 2 of 8 rows quarantined (25.00%), above the "
             "maximum of 5.00%; most often greater_than_or_equal_to(0) on column o_totalprice") in done.stderr
     assert versions(lake.root)["silver.orders"] == before["silver.orders"]
 
     # and one setting for that table lets the same batch through, its bad rows to quarantine
-    env = cli_env(tmp_path, LAKEHOUSE_MAX_QUARANTINED_SHARE="orders=0.3")  # type: ignore[arg-type]
+    env = cli_env(tmp_path, ray_address=ray_address, LAKEHOUSE_MAX_QUARANTINED_SHARE="orders=0.3")
     done = cli("run", "--root", str(lake.root), env=env)
     assert done.returncode == 0, done.stderr
     assert versions(lake.root)["silver.orders"] == before["silver.orders"] + 1

@@ -136,7 +136,9 @@ def test_replay_of_an_unknown_table_names_the_known_ones(tpch_lake: Lake) -> Non
         lakehouse.replay(tpch_lake.settings, "order")  # refused before anything is read or written
 
 
-def test_the_cli_replays_and_says_when_nothing_passes_yet(lake_copy: Callable[[], Lake], tmp_path: Path) -> None:
+def test_the_cli_replays_and_says_when_nothing_passes_yet(
+    lake_copy: Callable[[], Lake], tmp_path: Path, ray_address: str
+) -> None:
     # given a lake with a quarantined negative-price order and the rule not fixed
     from tests.harness import cli, cli_env
 
@@ -144,7 +146,7 @@ def test_the_cli_replays_and_says_when_nothing_passes_yet(lake_copy: Callable[[]
     before = versions(lake.root)
 
     done = cli("quarantine", "replay", "--table", "orders", "--root", str(lake.root),
-               env=cli_env(tmp_path, LAKEHOUSE_MAX_QUARANTINED_SHARE="*=1"))
+               env=cli_env(tmp_path, ray_address=ray_address, LAKEHOUSE_MAX_QUARANTINED_SHARE="*=1"))
 
     assert done.returncode == 0, done.stderr
     assert "re-validated 1 quarantined rows: none passes now" in done.stdout
