@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from lakehouse.engine.session import ensure_ray
 from lakehouse.errors import LakehouseError
@@ -34,14 +34,13 @@ def map_items(items: list[dict[str, Any]], fn: Callable[..., list[Any]], *,
     the work on small files, and 4 per CPU still balances uneven items). Plain tasks rather than a Ray Data pipeline:
     a pipeline costs ~0.1-0.5 s to plan and start (and seconds the first time in a process) where a task costs
     milliseconds (``bench/engine_overhead.py``), and a stage runs a few of them per table. A worker that dies is
-    retried ``TASK_RETRIES`` times; an error of ours stops the call, the tasks still running are cancelled and waited
-    for (so none writes after the stage has cleaned up), and it is raised with its context.
+    retried ``TASK_RETRIES`` times; an error of ours stops the call: no further task is started, those running are
+    waited for (so none writes after the stage has cleaned up), and it is raised with its context.
     """
     if not items:
         return []
     ensure_ray()
-    refs = _submit(items, fn, fn_kwargs)
-    done = _get(refs, refs)
+    done = _run_groups(items, fn, fn_kwargs)
     return [report for reports in done for report in reports]
 
 
@@ -52,57 +51,109 @@ def map_reduce(items: list[dict[str, Any]], fn: Callable[..., list[Any]], reduce
     items' order, returns the reports. A combiner step with no hash shuffle: the data never goes through the driver.
     """
     ensure_ray()
-    parts = _submit(items, fn, fn_kwargs) if items else []
+    parts = _run_groups(items, fn, fn_kwargs, keep=True) if items else []
     final = _remote("reduce", _reduce).remote(reduce, reduce_kwargs or {}, *parts)
-    [reports] = _get([final], [*parts, final])
+    [reports] = _wait_all([final])
     return list(reports)
 
 
-def _submit(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any] | None) -> list[Any]:
+def _run_groups(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any] | None, *,
+                keep: bool = False) -> list[Any]:
+    """The items in groups on Ray tasks, at most one task in flight per CPU of the cluster; each group's result (with
+    ``keep``, its ref, the result left in the object store), in the items' order.
+
+    Tasks are started as others finish rather than all queued at once, so that on an error nothing is left to
+    cancel: ``ray.cancel`` of a task whose start is in flight crashes the calling process in Ray 2.60 (a RAY_CHECK,
+    "Tried to complete task that was not pending", ray-project/ray#54846), and a crashed driver is a crashed run.
+    """
     import ray
 
     # Items travel as JSON: a task gets plain lists and strings, whatever path they took.
     encoded = [json.dumps(item, default=str) for item in items]
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     count = max(1, min(len(encoded), 4 * cpus))
     size = -(-len(encoded) // count)
+    groups = [encoded[i:i + size] for i in range(0, len(encoded), size)]
     kwargs = ray.put(fn_kwargs or {})
-    return [_remote("group", _run_group).remote(encoded[i:i + size], fn, kwargs) for i in range(0, len(encoded), size)]
+    refs: list[Any] = []
+    running: list[Any] = []  # what is waited on: the result, or with ``keep`` a marker returned beside it
+    failed: BaseException | None = None
+    for group in groups:
+        while len(running) >= cpus and failed is None:
+            ready, running = ray.wait(running, num_returns=1)
+            failed = _error_of(ready[0])
+        if failed is not None:
+            break
+        if keep:
+            marker, ref = _remote("kept", _run_kept, num_returns=2).remote(group, fn, kwargs)
+        else:
+            marker = ref = _remote("group", _run_group).remote(group, fn, kwargs)
+        refs.append(ref)
+        running.append(marker)
+    while running and failed is None:
+        ready, running = ray.wait(running, num_returns=1)
+        failed = _error_of(ready[0])
+    if failed is not None:
+        if running:
+            ray.wait(running, num_returns=len(running))
+        _raise(failed)
+    return refs if keep else list(ray.get(refs))
 
 
-def _get(wanted: list[Any], submitted: list[Any]) -> list[Any]:
-    """The values of ``wanted``; on an error, every task ``submitted`` is cancelled and waited for (so none writes
-    after the stage has cleaned up), and an error of ours is raised as such, with its context."""
+def _error_of(ref: Any) -> BaseException | None:
+    """The error a finished task raised, if any (what it returned is small: reports, or a marker)."""
     import ray
 
     try:
-        return list(ray.get(wanted))
-    except Exception as e:  # Ray wraps worker errors; surface ours with their context
-        for r in submitted:
-            ray.cancel(r)
-        ray.wait(submitted, num_returns=len(submitted), timeout=60)
-        ours = _find_ours(e)
-        if ours is not None:
-            raise ours from e
-        raise
+        ray.get(ref)
+        return None
+    except Exception as e:  # Ray wraps worker errors; the caller surfaces ours
+        return e
+
+
+def _wait_all(refs: list[Any]) -> list[Any]:
+    """The values of ``refs``; on an error, the others are waited for (started tasks are never cancelled, see
+    :func:`_run_groups`) and the error raised (:func:`_raise`)."""
+    import ray
+
+    try:
+        return list(ray.get(refs))
+    except Exception as e:
+        ray.wait(refs, num_returns=len(refs))
+        _raise(e)
+        raise  # unreachable: _raise always raises
+
+
+def _raise(error: BaseException) -> NoReturn:
+    """Raise an error of ours found inside Ray's wrappers as itself, with its context; any other error as it is."""
+    ours = _find_ours(error)
+    if ours is not None:
+        raise ours from error
+    raise error
 
 
 _remotes: dict[str, Any] = {}
 
 
-def _remote(name: str, fn: Callable[..., Any]) -> Any:
+def _remote(name: str, fn: Callable[..., Any], num_returns: int = 1) -> Any:
     """``fn`` as a Ray remote function of one CPU with bounded retries, defined once per process (each definition is
     exported to the cluster)."""
     if name not in _remotes:
         import ray
 
-        _remotes[name] = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fn)
+        _remotes[name] = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, num_returns=num_returns)(fn)
     return _remotes[name]
 
 
 def _run_group(items: list[str], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any]) -> list[Any]:
     faults.point(f"worker:{fn.__name__}")
     return [result for item in items for result in fn(json.loads(item), **fn_kwargs)]
+
+
+def _run_kept(items: list[str], fn: Callable[..., list[Any]], fn_kwargs: dict[str, Any]) -> tuple[None, list[Any]]:
+    """:func:`_run_group` with a marker beside the result: the driver waits on the marker, so the result (data a reduce
+    reads) never comes to it. An error is both return values."""
+    return None, _run_group(items, fn, fn_kwargs)
 
 
 def _reduce(reduce: Callable[..., list[Any]], kwargs: dict[str, Any], *parts: list[Any]) -> list[Any]:
