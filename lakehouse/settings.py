@@ -52,6 +52,12 @@ class Settings:
     # Input rows per task of an aggregation's final step (from the log): more rows spread it over more tasks, each
     # finishing one hash bucket of the keys.
     final_task_rows: int = 4_000_000
+    # Hot keys of an aggregation's final step, per gold table ("*" for all; lakehouse.gold.salting): the share of the
+    # input's rows above which a key is hot (recorded in _meta.hot_keys; default 0.02), and over how many tasks a hot
+    # key is salted (default: from the measured imbalance, about half a task's rows a slice; 0 turns salting and the
+    # placement of heavy keys off: plain hashing).
+    hot_key_share: Mapping[str, float] = field(default_factory=dict)
+    salts: Mapping[str, int] = field(default_factory=dict)
     # Files no version refers to are deleted once older than this (longer than the longest run: a younger one may
     # belong to a run that has not committed yet); see maintenance.sweep.
     orphan_retention_seconds: float = 24 * 3600.0
@@ -197,8 +203,11 @@ def _setting(key: str, value: Any, where: str) -> Any:
 
     if key == "lookback":
         return per_name(lambda v: isinstance(v, int) and v >= 0, int, "a whole number of periods")
-    if key == "max_quarantined_share":
+    if key in ("max_quarantined_share", "hot_key_share"):
         return per_name(lambda v: number(v) and v <= 1, float, "a share from 0 to 1")
+    if key == "salts":
+        return per_name(lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64, int,
+                        "a whole number of tasks from 0 (off) to 64")
     if key in ("freshness_days", "max_ingest_lag_seconds"):
         return per_name(number, float, "a number")
     if key == "batch_rows":
@@ -226,7 +235,8 @@ def _setting(key: str, value: Any, where: str) -> Any:
         return float(value)
     raise ConfigError(f"{where}: unknown setting (known: lookback, max_quarantined_share, freshness_days, "
                       "max_ingest_lag_seconds, batch_rows, check_actions, new_columns, expect_delivery, bad_files, "
-                      "target_file_rows, broadcast_max_rows, final_task_rows, orphan_retention_seconds)")
+                      "target_file_rows, broadcast_max_rows, final_task_rows, hot_key_share, salts, "
+                      "orphan_retention_seconds)")
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -260,6 +270,12 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
     if env.get("LAKEHOUSE_CHECK_ACTIONS"):  # "orders.freshness=fail,references=fail"
         values["check_actions"] = _pairs("LAKEHOUSE_CHECK_ACTIONS", env["LAKEHOUSE_CHECK_ACTIONS"],
                                          lambda v: v in ("warn", "fail"))
+    if env.get("LAKEHOUSE_HOT_KEY_SHARE"):  # "user_totals=0.05" or "*=0.05"
+        shares = _pairs("LAKEHOUSE_HOT_KEY_SHARE", env["LAKEHOUSE_HOT_KEY_SHARE"], _is_share)
+        values["hot_key_share"] = {k: float(v) for k, v in shares.items()}
+    if env.get("LAKEHOUSE_SALTS"):  # "user_totals=0" (off) or "*=8"
+        salts = _pairs("LAKEHOUSE_SALTS", env["LAKEHOUSE_SALTS"], lambda v: v.isdigit() and int(v) <= 64)
+        values["salts"] = {k: int(v) for k, v in salts.items()}
     if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
         values["new_columns"] = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"],
                                        lambda v: v in ("evolve", "fail"))

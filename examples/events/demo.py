@@ -2,8 +2,9 @@
 products dimension (Parquet), landed the way a collector and two exports would land them.
 
 Events per user are heavy-tailed (a Zipf law over the users, so a few users own a large share); with ``skew``
-one user owns that share of the events besides. About one event in twenty arrives a day late, in the next day's
-folder. Landing is idempotent: a file already there is left alone (landed files are never modified).
+one user owns that share of the events besides (and as many more sessions: a session is ten of a user's events in
+a day). About one event in twenty arrives a day late, in the next day's folder. Landing is idempotent: a file
+already there is left alone (landed files are never modified).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COUNTRIES = ("US", "DE", "FR", "GB", "IN", "BR", "JP", "ES", "IT", "NL", "SE", "
 CATEGORIES = ("books", "electronics", "garden", "toys", "grocery", "fashion", "sports", "beauty")
 EVENT_TYPES = (("view", 0.80), ("add_to_cart", 0.12), ("purchase", 0.08))
 LATE_SHARE = 0.05
+SESSION_EVENTS = 10  # a user's day is cut into sessions of this many events: heavy users have many sessions
 ZIPF = 1.1
 
 
@@ -58,8 +60,11 @@ def generate(
         picked = rng.choices(ids, weights=weights, k=events_per_day)
         if skew:
             picked = [ids[0] if rng.random() < skew else u for u in picked]
+        seen: dict[int, int] = {}
         for n, user in enumerate(picked):
-            line = json.dumps(_event(rng, day, n, user, catalog, popularity))
+            seen[user] = seen.get(user, 0) + 1
+            session = f"{user}-{day:%Y%m%d}-{(seen[user] - 1) // SESSION_EVENTS}"
+            line = json.dumps(_event(rng, day, n, user, session, catalog, popularity))
             (late if rng.random() < LATE_SHARE and d + 1 < days else lines).append(line)
         land(f"raw/events/{day.isoformat()}/part-0.ndjson", ("\n".join(lines) + "\n").encode())
     signup = first - dt.timedelta(days=365)
@@ -76,7 +81,7 @@ def generate(
     return lander.landed
 
 
-def _event(rng: random.Random, day: dt.date, n: int, user: int, catalog: list[dict[str, object]],
+def _event(rng: random.Random, day: dt.date, n: int, user: int, session: str, catalog: list[dict[str, object]],
            popularity: list[float]) -> dict[str, object]:
     kind = rng.choices([k for k, _ in EVENT_TYPES], weights=[w for _, w in EVENT_TYPES])[0]
     product = rng.choices(catalog, weights=popularity)[0]
@@ -87,7 +92,7 @@ def _event(rng: random.Random, day: dt.date, n: int, user: int, catalog: list[di
         "event_id": f"{day:%Y%m%d}-{n:08d}",
         "ts": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "user_id": user,
-        "session_id": f"{user}-{day:%Y%m%d}-{rng.randint(0, 2)}",
+        "session_id": session,
         "event_type": kind,
         "product_id": product["product_id"],
         "amount": round(price * rng.randint(1, 3), 2) if kind == "purchase" else None,

@@ -3,7 +3,8 @@
 * ``daily_country``: per day and the user's country: active users, events, purchases, revenue.
 * ``category_revenue_daily``: per day and product category: purchases, distinct buyers, revenue.
 * ``user_totals``: per user, over all time: events, distinct sessions, purchases, spend, first and last seen;
-  unpartitioned and merged on ``user_id``, so a new day rewrites only the totals of the users it saw.
+  unpartitioned and merged on ``user_id``, so a new day rewrites only the totals of the users it saw. A heavy user's
+  sessions are salted over several final tasks (``merge``, ``salt_by``): see lakehouse.gold.salting.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def user_totals(sessions: pl.DataFrame) -> pl.DataFrame:
         pl.col("spent").sum(), pl.col("first_seen").min(), pl.col("last_seen").max())
 
 
+def merge_totals(totals: pl.DataFrame) -> pl.DataFrame:
+    """A heavy user's totals from slices of their sessions (salted by session, so the session counts add up)."""
+    return totals.group_by("user_id").agg(
+        pl.col("events", "sessions", "purchases", "spent").sum(), pl.col("first_seen").min(),
+        pl.col("last_seen").max())
+
+
 PIPELINE = Pipeline(
     "events",
     sources=[Source("events", format="ndjson"), Source("users", format="csv"), Source("products", format="parquet")],
@@ -62,6 +70,7 @@ PIPELINE = Pipeline(
                                 products=lookup("products", key="product_id", columns=("category",)))),
         Gold("user_totals", m.UserTotals,
              plan=aggregate("events", by="user_id", partial=sessions_of_users, final=user_totals,
+                            merge=merge_totals, salt_by="session_id",
                             columns=("user_id", "session_id", "event_type", "amount", "ts"))),
     ],
     demo="examples.events.demo:generate",

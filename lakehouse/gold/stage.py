@@ -28,10 +28,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 
 from lakehouse import engine, silver, table
-from lakehouse.gold import tasks
+from lakehouse.gold import salting, tasks
 from lakehouse.gold.inputs import Input, Partitions, inputs, items, marks, ref, versions
 from lakehouse.quality.validation import model_dtypes
 from lakehouse.running.context import RunContext, StageResult
@@ -302,6 +303,8 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
         else:
             touched = engine.broadcast(tasks.distinct_keys, storage, source_table(pipeline, main),
                                        items([*added, *removed]), list(p.by))
+    hot, routing = _hot_keys(ctx, pipeline, spec, p, main, scanned, route, buckets, touched)
+    hot_rows: dict[str, int] = {}
     shared = {name: _place(ctx, pipeline, name, lk, ins[lk.input])
               for name, lk in p.lookups.items() if name != p.through} if scanned else {}
     adds: list[DataFile] = []
@@ -319,22 +322,37 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
             break
         where = f"{staging}/b{n}"
         kwargs = {"storage": storage, "plan": p, "source": source_table(pipeline, main), "lookups": lookups,
-                  "out": out, "route": route, "buckets": buckets, "staging": where, "touched": touched}
+                  "out": out, "route": route, "buckets": buckets, "staging": where, "touched": touched,
+                  "routing": routing}
         staged = engine.map_items([{"files": [f.item()]} for f in scanned], tasks.partial_task, fn_kwargs=kwargs)
         by_bucket: dict[int, list[str]] = {b: [] for b in range(buckets)} if target.keys else {}
         for s in staged:
             if isinstance(s, tasks.Staged):
                 by_bucket.setdefault(s.bucket, []).append(s.file.path)
+            elif isinstance(s, tasks.HotRows):
+                hot_rows[s.key] = hot_rows.get(s.key, 0) + s.rows
         allowed = None if parts is None else sorted((v for (v,) in parts), key=lambda v: (v is None, v or ""))
-        final = {"storage": storage, "plan": p, "lookups": lookups, "out": out, "staging": where,
-                 "mode": "merge" if target.keys else "write", "route": route, "buckets": buckets,
-                 "allowed": allowed, "touched": touched, "merge_rel": f"{staging}/merge"}
+        mode = "merge" if target.keys else "write"
+        final = {"storage": storage, "plan": p, "lookups": lookups, "out": out, "staging": where, "mode": mode,
+                 "route": route, "buckets": buckets, "allowed": allowed, "touched": touched,
+                 "merge_rel": f"{staging}/merge", "routing": routing, "slices_rel": f"{where}/slices"}
         jobs = [{"bucket": b, "files": paths} for b, paths in sorted(by_bucket.items())]
-        for r in engine.map_items(jobs, tasks.final_task, fn_kwargs=final):
+        reports = engine.map_items(jobs, tasks.final_task, fn_kwargs=final)
+        slices = [r.file.path for r in reports if isinstance(r, tasks.Staged) and r.bucket == tasks.SLICE]
+        if routing is not None and routing.any_salted:
+            reports += engine.map_items([{"files": slices}], tasks.merge_task, fn_kwargs={
+                "storage": storage, "plan": p, "lookups": lookups, "out": out, "slices_rel": f"{where}/slices",
+                "mode": mode, "routing": routing, "allowed": allowed, "merge_rel": f"{staging}/merge"})
+        for r in reports:
             if isinstance(r, tasks.Written):
                 adds.append(r.file)
-            elif isinstance(r, tasks.Staged):
+            elif isinstance(r, tasks.Staged) and r.bucket == -1:
                 merge_source.append(r.file)
+            elif isinstance(r, tasks.Finished):
+                result.tasks.append(r)
+    for h in hot:
+        h.final_rows = hot_rows.get(h.key, 0) if routing is not None else None
+    result.hot_keys = hot
     if not target.keys:
         return adds, base.files_in(target.partitions)
     done = merge.execute(storage, base, merge_source, f"{staging}/merge",
@@ -344,6 +362,43 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
     target.why.append(f"{c['inserted']} inserted, {c['updated']} updated, {c['deleted']} deleted, "
                       f"{done.files_rewritten} file(s) rewritten")
     return done.adds, done.removes
+
+
+def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, main: Input, scanned: list[TableFile],
+              route: list[str], buckets: int, touched: Any) -> tuple[list[salting.HotKey], salting.Routing | None]:
+    """The hot keys of the final step's routing columns, counted over (a sample of) the input's files before the
+    partial step, and where the known keys go (see :mod:`lakehouse.gold.salting`). Keys the partial function computes
+    (not columns of the input) cannot be counted beforehand: their rows go by hash."""
+    settings = ctx.settings
+    source = source_table(pipeline, main)
+    if not scanned or not set(route) <= set(source.schema):
+        return [], None
+    share = settings.hot_key_share.get(spec.name, settings.hot_key_share.get("*", salting.HOT_SHARE))
+    forced = settings.salts.get(spec.name, settings.salts.get("*"))
+    why = ""
+    if p.merge is None:
+        why = "the plan declares no merge to combine a key's slices"
+    elif not set(route) <= set(model_dtypes(spec.model)):
+        why = f"the output has no column {', '.join(route)} to merge a key's slices by"
+    floor = salting.floor_share(share, buckets)
+    if route == [source.partition]:  # the input's partition column: its rows per value are in the log
+        counts: dict[str | None, int] = {}
+        for f in scanned:
+            value = f.partition_values.get(route[0])
+            counts[value] = counts.get(value, 0) + f.rows
+        frame = pl.DataFrame({route[0]: list(counts), salting.COUNT: list(counts.values())},
+                             schema={route[0]: pl.String, salting.COUNT: pl.Int64})
+        frame = frame.with_columns(pl.col(route[0]).cast(source.schema[route[0]]))
+        [found] = salting.known_keys([frame], floor=floor)
+    else:
+        [found] = engine.map_reduce([{"files": [f.item()]} for f in salting.sample(scanned)], salting.count_task,
+                                    salting.known_keys,
+                                    fn_kwargs={"storage": ctx.storage, "table": source, "columns": route,
+                                               "touched": touched},
+                                    reduce_kwargs={"floor": floor})
+    return salting.route_plan(found, route, name=str(ref(spec.name)), buckets=buckets,
+                              total_rows=sum(f.rows for f in scanned), hot_share=share, forced=forced,
+                              can_salt=not why, why_not=why, salt_by=p.salt_by)
 
 
 def _batches(ctx: RunContext, spec: Gold, p: Aggregate, ins: dict[str, Input],

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from lakehouse import engine
 from lakehouse.errors import SchemaMismatch, TransformError
+from lakehouse.gold import salting
 from lakehouse.quality.validation import output_failures
 from lakehouse.spec import Aggregate, Lookup, PerPartition
 from lakehouse.spec.plans import Transform, parameters
@@ -47,13 +48,33 @@ class Staged:
 
 
 @dataclass(frozen=True)
+class Finished:
+    """A final task's load: the partial rows it finished (``bucket``; -1 for the merge of salted keys) and their
+    in-memory bytes (Polars' estimate), the figures by which the final step's balance is judged."""
+
+    bucket: int
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class HotRows:
+    """The partial rows of a hot key (:attr:`salting.HotKey.key`) that one partial task routed to the final step."""
+
+    key: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class Found:
     """A partition value a task found (the output partitions changed rows map to)."""
 
     value: str | None
 
 
-Report = Written | Staged
+Report = Written | Staged | Finished | HotRows
+# The bucket of a Staged file of salted keys' output rows (of one final task), which the merge step combines.
+SLICE = -2
 
 
 @dataclass(frozen=True)
@@ -256,8 +277,9 @@ def partition_task(item: dict[str, Any], *, storage: Storage, plan: PerPartition
 
 def partial_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, source: Table,
                  lookups: dict[str, LookupInput], out: Output, route: list[str], buckets: int, staging: str,
-                 touched: Any = None) -> list[Report]:
-    """The partial aggregate of one input file, staged by bucket of the routing columns."""
+                 touched: Any = None, routing: salting.Routing | None = None) -> list[Report]:
+    """The partial aggregate of one input file, staged by final task: by a hash of the routing columns, or where the
+    ``routing`` places a key (a salted key's rows over its slices)."""
     columns = list(plan.columns) if plan.columns is not None else None
     rows = source.read(storage, item["files"], columns)
     if touched is not None:  # a MERGE of the keys that changed: only their rows count
@@ -270,9 +292,14 @@ def partial_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, sou
                              "they reach the final step", table=out.name, column=missing[0])
     if not partials.height:
         return []
-    staged: list[Report] = []
+    if routing is not None:
+        missing = [c for c in routing.salt_by if c not in partials.columns]
+        if missing:
+            raise TransformError(f"the partial rows of {plan.partial.__qualname__} lack column {missing[0]!r}, by "
+                                 "which a hot key's rows are salted (salt_by)", table=out.name, column=missing[0])
+    staged: list[Report] = [HotRows(k, n) for k, n in salting.hot_rows(partials, routing).items()]
     dtypes = engine.fetch(touched).schema if touched is not None else None
-    for b, part in _buckets(partials, route, buckets, dtypes):
+    for b, part in _buckets(partials, route, buckets, dtypes, routing):
         f = write_data_file(storage, staging, part.to_arrow(), prefix=f"b{b}", stats=False)
         staged.append(Staged(b, f))
     return staged
@@ -285,40 +312,84 @@ def bucket_of(route: list[str], buckets: int, dtypes: Any = None) -> pl.Expr:
     return (pl.struct(cols).hash(seed=0) % buckets).cast(pl.Int64)
 
 
-def _buckets(df: pl.DataFrame, route: list[str], buckets: int, dtypes: Any = None) -> list[tuple[int, pl.DataFrame]]:
+def _buckets(df: pl.DataFrame, route: list[str], buckets: int, dtypes: Any = None,
+             routing: salting.Routing | None = None) -> list[tuple[int, pl.DataFrame]]:
     if buckets == 1:
         return [(0, df)]
-    hashed = df.with_columns(bucket_of(route, buckets, dtypes).alias(BUCKET))
+    hashed = salting.assign(df, routing, bucket_of(route, buckets, dtypes), BUCKET)
     return [(int(b), part) for (b,), part in hashed.partition_by(BUCKET, as_dict=True, include_key=False).items()]
 
 
 def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],
                out: Output, staging: str, mode: Literal["write", "merge"], route: list[str], buckets: int,
-               allowed: list[str | None] | None = None, touched: Any = None, merge_rel: str = "") -> list[Report]:
+               allowed: list[str | None] | None = None, touched: Any = None, merge_rel: str = "",
+               routing: salting.Routing | None = None, slices_rel: str = "") -> list[Report]:
     """One bucket's partial rows through ``final``: written to the table, or (``merge``) staged as MERGE source rows,
-    with a delete for each touched key of the bucket that has no row any more."""
+    with a delete for each touched key of the bucket that has no row any more. The output rows of salted keys (a
+    slice of each) are staged for :func:`merge_task` instead."""
     files = [{"path": p, "partition_values": {}} for p in item["files"]]
+    load = Finished(item["bucket"], 0, 0)
     if files:
         partials = read_files(storage, staging, files)
+        load = Finished(item["bucket"], partials.height, int(partials.estimated_size()))
         result = call(plan.final, partials, lookups, storage, out)
-        df = conform(result, out, plan.final, allowed=frozenset(allowed) if allowed is not None else None)
+        del partials
+        df = conform(result, out, plan.final, allowed=frozenset(allowed) if allowed is not None else None,
+                     rules=False)
     else:
         df = pl.DataFrame(schema=out.dtypes)
+    reports: list[Report] = [load]
+    salted = routing.salted(out.dtypes) if routing is not None and routing.any_salted else None
+    if salted is not None:
+        sliced = df.join(salted, on=route, how="semi", nulls_equal=True)
+        df = df.join(salted, on=route, how="anti", nulls_equal=True)
+        if sliced.height:
+            f = write_data_file(storage, slices_rel, to_arrow(sliced, out.schema), prefix=f"slice-{item['bucket']}",
+                                stats=False)
+            reports.append(Staged(SLICE, f))
+    df = check_rules(df, out, plan.final)
     if mode == "write":
-        return write(storage, out, df)
+        return reports + write(storage, out, df)
     keys = list(out.keys)
     gone: pl.DataFrame = engine.fetch(touched)
     if buckets > 1:
-        gone = gone.filter(bucket_of(route, buckets) == item["bucket"])
+        gone = salting.assign(gone, routing, bucket_of(route, buckets), BUCKET)
+        gone = gone.filter(pl.col(BUCKET) == item["bucket"]).drop(BUCKET)
     gone = gone.select(pl.col(k).cast(out.dtypes[k]) for k in keys)
     gone = gone.join(df.select(keys), on=keys, how="anti", nulls_equal=True)
+    if salted is not None:  # the merge step answers for them
+        gone = gone.join(salted, on=keys, how="anti", nulls_equal=True)
+    return reports + _merge_source(storage, out, df, gone, merge_rel, f"merge-{item['bucket']}")
+
+
+def merge_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],
+               out: Output, slices_rel: str, mode: Literal["write", "merge"], routing: salting.Routing,
+               allowed: list[str | None] | None = None, merge_rel: str = "") -> list[Report]:
+    """The salted keys' slices (the output rows each final task gave for them) through ``merge``: one row per key,
+    checked against the model, written (or staged as MERGE source, with a delete for a salted key left with no
+    row)."""
+    assert plan.merge is not None
+    files = [{"path": p, "partition_values": {}} for p in item["files"]]
+    slices = read_files(storage, slices_rel, files) if files else pl.DataFrame(schema=out.dtypes)
+    load = Finished(-1, slices.height, int(slices.estimated_size()))
+    result = call(plan.merge, slices, lookups, storage, out)
+    df = conform(result, out, plan.merge, allowed=frozenset(allowed) if allowed is not None else None)
+    if mode == "write":
+        return [load, *write(storage, out, df)]
+    keys = list(out.keys)
+    gone = routing.salted(out.dtypes).join(df.select(keys), on=keys, how="anti", nulls_equal=True)
+    return [load, *_merge_source(storage, out, df, gone, merge_rel, "merge-salted")]
+
+
+def _merge_source(storage: Storage, out: Output, df: pl.DataFrame, gone: pl.DataFrame, merge_rel: str,
+                  prefix: str) -> list[Report]:
+    """The rows to upsert and the keys to delete, as one staged MERGE source file (bucket -1)."""
     source = pl.concat([df.with_columns(pl.lit(False).alias(DELETE)),
                         gone.with_columns(pl.lit(True).alias(DELETE))], how="diagonal_relaxed")
     if not source.height:
         return []
     schema = pa.schema([*out.schema, pa.field(DELETE, pa.bool_())])
-    f = write_data_file(storage, merge_rel, to_arrow(source, schema), prefix=f"merge-{item['bucket']}")
-    return [Staged(-1, f)]
+    return [Staged(-1, write_data_file(storage, merge_rel, to_arrow(source, schema), prefix=prefix))]
 
 
 def through_task(item: dict[str, Any], *, storage: Storage, table: Table, key: str, keys: Any) -> list[Found]:

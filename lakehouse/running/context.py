@@ -85,6 +85,10 @@ class StageResult:
     # Where this stage's rejected rows go, quarantine.<name>, when not the table's own name (a change stage's go to its
     # source's: silver.customer_history -> quarantine.customer_cdc).
     quarantined_into: str = ""
+    # Gold aggregates: the hot keys of the final step (lakehouse.gold.salting.HotKey), recorded in _meta.hot_keys, and
+    # each final task's load (lakehouse.gold.tasks.Finished: rows and bytes), by which its balance is judged.
+    hot_keys: list[Any] = field(default_factory=list)
+    tasks: list[Any] = field(default_factory=list)
 
     @property
     def quarantine_name(self) -> str:

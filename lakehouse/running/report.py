@@ -8,8 +8,8 @@ from lakehouse.running.context import RunContext, StageResult
 
 
 def quality_report(ctx: RunContext, results: list[StageResult]) -> str:
-    """Markdown: the checks that failed and what they found, every check with its verdict, drift findings, and what
-    each table quarantined or rejected, with sample rows."""
+    """Markdown: the checks that failed and what they found, every check with its verdict, drift findings, the hot
+    keys of gold aggregates, and what each table quarantined or rejected, with sample rows."""
     lines = [f"# Quality report: run `{ctx.run_id}`", ""]
     evaluated = [c for r in results for c in r.checks]
     failed = [c for c in evaluated if not c.passed]
@@ -33,6 +33,13 @@ def quality_report(ctx: RunContext, results: list[StageResult]) -> str:
     if drift:
         lines += ["## Drift against the previous month", ""]
         lines += [f"- {c.table} `{c.check}`: {'ok' if c.passed else '**drifted**'}, {_md(c.message)}" for c in drift]
+        lines.append("")
+    hot = [h for r in results for h in r.hot_keys]
+    if hot:
+        lines += ["## Hot keys", "", "Keys above the hot share of a gold aggregate's rows (`_meta.hot_keys`).", "",
+                  "| table | key | rows | share | rows at the final step | salted |", "|---|---|---|---|---|---|"]
+        lines += [f"| {h.table} | {_md(h.label)} | {h.rows} | {h.share:.1%} | "
+                  f"{'' if h.final_rows is None else h.final_rows} | {_md(h.note)} |" for h in hot]
         lines.append("")
     held = [r for r in results if r.rows_quarantined or r.files_rejected]
     lines += ["## Quarantine and rejected files", ""]

@@ -18,6 +18,7 @@ from typing import Any
 
 from lakehouse import bronze, cdc, engine, gold, silver
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
+from lakehouse.gold import salting
 from lakehouse.ops import maintenance
 from lakehouse.quality import checks
 from lakehouse.quality.validation import model_dtypes, validate_actions
@@ -81,9 +82,11 @@ def build_gold(ctx: RunContext, name: str) -> StageResult:
 
 
 def record(ctx: RunContext, results: list[StageResult]) -> None:
-    """The run's record: ``_meta.runs`` (a row per table) and ``_meta.checks`` (a row per evaluated check)."""
+    """The run's record: ``_meta.runs`` (a row per table), ``_meta.checks`` (a row per evaluated check) and
+    ``_meta.hot_keys`` (a row per hot key of a gold aggregate)."""
     runlog.record(ctx, results)
     checks.record(ctx.storage, ctx.run_id, [c for r in results for c in r.checks])
+    salting.record(ctx.storage, ctx.run_id, [h for r in results for h in r.hot_keys])
 
 
 # A commit that lost a race is re-planned from the table as the winner left it; more than a few losses in a row means

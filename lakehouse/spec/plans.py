@@ -113,6 +113,12 @@ class Aggregate:
     partitioned like the output; the input's rows reach their output partition through it (lines by ship month
     feed revenue by order month through the order key), so a changed input partition rebuilds only the output
     partitions its rows map to, and the lookup is given to each task restricted to the partitions being built.
+
+    ``merge``: combines output rows of ``final`` for the same key computed from disjoint parts of its partial rows
+    into the key's one row (sums of sums, min of mins, ...). With it a hot key is salted: its partial rows are cut
+    into slices (by a hash of ``salt_by``, by default of the whole row), each finished by ``final`` in its own task,
+    and ``merge`` gives the key's row (:mod:`lakehouse.gold.salting`). A ``final`` that counts distinct values of a
+    column needs ``salt_by`` that column: the counts of slices cut by it add up.
     """
 
     input: str
@@ -122,10 +128,13 @@ class Aggregate:
     lookups: Mapping[str, Lookup] = field(default_factory=dict)
     columns: tuple[str, ...] | None = None
     through: str | None = None
+    merge: Transform | None = None
+    salt_by: tuple[str, ...] = ()
 
     @property
     def functions(self) -> dict[str, Transform]:
-        return {"partial": self.partial, "final": self.final}
+        found = {"partial": self.partial, "final": self.final}
+        return {**found, "merge": self.merge} if self.merge is not None else found
 
 
 def aggregate(
@@ -136,6 +145,8 @@ def aggregate(
     by: tuple[str, ...] | list[str] | str = (),
     columns: tuple[str, ...] | list[str] | None = None,
     through: str | None = None,
+    merge: Transform | None = None,
+    salt_by: tuple[str, ...] | list[str] | str = (),
     **lookups: Lookup,
 ) -> Aggregate:
     """A combiner-style aggregation (see :class:`Aggregate`); ``lookups`` by the names the functions use."""
@@ -147,8 +158,12 @@ def aggregate(
                               f"{', '.join(found) or 'none'})")
         if found[through].key is None:
             raise ConfigError(f"aggregate({input!r}): the lookup {through!r} it goes through needs key= and by=")
+    salt = (salt_by,) if isinstance(salt_by, str) else tuple(salt_by)
+    if salt and merge is None:
+        raise ConfigError(f"aggregate({input!r}): salt_by={salt!r} needs merge= (what combines a hot key's slices)")
     return Aggregate(input=input, partial=partial, final=final, by=keys, lookups=found,
-                     columns=tuple(columns) if columns is not None else None, through=through)
+                     columns=tuple(columns) if columns is not None else None, through=through, merge=merge,
+                     salt_by=salt)
 
 
 Plan = PerPartition | Aggregate

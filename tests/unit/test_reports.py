@@ -47,6 +47,8 @@ def _every_report(f: DataFile) -> list[Any]:
         gold.Written(f),
         gold.Staged(3, f),
         gold.Found("1995-03-01"),
+        gold.Finished(4, 2_000, 96_000),
+        gold.HotRows("[42]", 1_500),
     ]
 
 

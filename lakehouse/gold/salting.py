@@ -1,0 +1,247 @@
+"""Hot keys of an aggregation's final step: found from the input's key columns, recorded, placed and salted.
+
+Every partial row of a key goes to one final task, so one key with 30% of the rows makes one task hold 30% of the
+work whatever the number of tasks (the "fine on 10 GB, dies on 100 GB" failure). Before the partial step the engine
+counts the routing key over the input: its columns only, from at most :data:`SAMPLE_ROWS` rows of files taken
+evenly (exact below that). From those counts:
+
+* keys above a share of the rows (``Settings.hot_key_share``, :data:`HOT_SHARE` by default) are *hot*: each run
+  records them in ``_meta.hot_keys`` (:class:`HotKey`) and the quality report shows them;
+* every key above a small part of one task's rows (:data:`PLACED`) is *placed*: the final tasks are filled heaviest
+  first, each key to the least loaded (longest-processing-time packing over the expected hash load of the rest),
+  rather than where its hash falls, so a few big keys do not pile up in one task;
+* a key bigger than half a task's rows is *salted* when the plan declares ``merge``: its partial rows are cut into
+  slices by a hash of the plan's ``salt_by`` columns (by default the whole partial row), about half a task each
+  (``ceil(2 x share x tasks)``, at most :data:`MAX_SALTS`; ``Settings.salts`` sets it per table, 0 turns salting
+  and placement off), the slices are placed like keys, ``final`` runs on each in its task, and ``merge`` combines the
+  slices' output rows of the key into one. Keys that are not that heavy are never salted: it multiplies their work.
+
+The result is the unsalted one as long as ``merge`` combines what ``final`` gives for disjoint parts of a key's rows
+(sums of sums, min of mins; a distinct count adds up over slices cut by the counted column, hence ``salt_by``). The
+number of final tasks stays what the rows ask for (``Settings.final_task_rows``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from lakehouse import table
+from lakehouse.table import TableRef
+
+REF = TableRef("_meta", "hot_keys")
+SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("table_name", pa.string()),
+    ("columns", pa.string()),
+    ("key", pa.string()),
+    ("rows", pa.int64()),
+    ("share", pa.float64()),
+    ("final_rows", pa.int64()),
+    ("salted", pa.bool_()),
+    ("salts", pa.int32()),
+    ("note", pa.string()),
+    ("recorded_at", pa.timestamp("us", tz="UTC")),
+])
+HOT_SHARE = 0.02
+# Keys above this part of one final task's rows are placed by the packing, the rest by their hash.
+PLACED = 0.02
+MAX_KNOWN = 4096
+MAX_SALTS = 64
+SAMPLE_ROWS = 10_000_000
+COUNT = "__rows"
+SAMPLED = "__sampled"
+BUCKETS = "__buckets"
+SALTED = "__salted"
+HOT = "__hot"
+
+
+@dataclass
+class HotKey:
+    """A key above the hot share of an aggregate's input rows: its values, its rows (from the sample, scaled to the
+    input), its share, over how many final tasks it was salted (0: not salted; ``note`` says why) and the partial
+    rows of it that reached the final step."""
+
+    table: str
+    columns: tuple[str, ...]
+    values: tuple[Any, ...]
+    rows: int
+    share: float
+    salts: int = 0
+    final_rows: int | None = None
+    note: str = ""
+
+    @property
+    def salted(self) -> bool:
+        return self.salts > 1
+
+    @property
+    def key(self) -> str:
+        return json.dumps(list(self.values), default=str)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{c}={v!r}" for c, v in zip(self.columns, self.values, strict=True))
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where the placed keys' partial rows go: per key (the routing columns) its final tasks (``BUCKETS``, one
+    unless salted), whether it is salted (``SALTED``: its output rows are merged) and whether it is hot (``HOT``:
+    its rows are counted for the record); the columns a salted row's slice is hashed from (empty: all)."""
+
+    keys: pl.DataFrame
+    route: tuple[str, ...]
+    salt_by: tuple[str, ...] = ()
+
+    def salted(self, dtypes: Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """The salted keys' routing columns (cast to ``dtypes``)."""
+        found = self.keys.filter(pl.col(SALTED)).select(self.route)
+        return found.with_columns(pl.col(c).cast(dtypes[c]) for c in self.route) if dtypes else found
+
+    @property
+    def any_salted(self) -> bool:
+        return bool(self.keys.get_column(SALTED).any())
+
+
+def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[str],
+               touched: Any = None) -> list[pl.DataFrame]:
+    """Rows per value of ``columns`` in the item's files (a worker reads only those columns), only the ``touched``
+    keys' when a MERGE rebuilds just them."""
+    from lakehouse import engine
+
+    keys: pl.DataFrame | None = engine.fetch(touched) if touched is not None else None
+    frames = []
+    for f in item["files"]:
+        df = table.read(storage, [f], columns)
+        if keys is not None:
+            df = df.join(keys, on=list(keys.columns), how="semi", nulls_equal=True)
+        frames.append(df.group_by(columns).agg(pl.len().cast(pl.Int64).alias(COUNT)))
+    return frames
+
+
+def known_keys(counts: list[pl.DataFrame], *, floor: float, limit: int = MAX_KNOWN) -> list[pl.DataFrame]:
+    """The reduce of :func:`count_task`: the keys above ``floor`` of every counted row, heaviest first (at most
+    ``limit``), with the number of rows counted (``SAMPLED``)."""
+    counts = [c for c in counts if c.height]
+    if not counts:
+        return [pl.DataFrame()]
+    total = pl.concat(counts).group_by(pl.exclude(COUNT)).agg(pl.col(COUNT).sum())
+    rows = int(total.get_column(COUNT).sum() or 0)
+    known = total.filter(pl.col(COUNT) > floor * rows).sort(COUNT, descending=True).head(limit)
+    return [known.with_columns(pl.lit(rows, pl.Int64).alias(SAMPLED))]
+
+
+def sample(files: list[Any], limit: int = SAMPLE_ROWS) -> list[Any]:
+    """Files taken evenly (every k-th) so that about ``limit`` rows are read; all of them when they hold fewer."""
+    total = sum(f.rows for f in files)
+    if total <= limit or not files:
+        return list(files)
+    return list(files[::max(1, round(total / limit))])
+
+
+def floor_share(hot_share: float, buckets: int) -> float:
+    """The smallest share of the rows :func:`known_keys` returns: hot keys, and keys worth placing."""
+    return min(hot_share, PLACED / max(1, buckets))
+
+
+def route_plan(found: pl.DataFrame, route: list[str], *, name: str, buckets: int, total_rows: int, hot_share: float,
+               forced: int | None, can_salt: bool, why_not: str = "",
+               salt_by: tuple[str, ...] = ()) -> tuple[list[HotKey], Routing | None]:
+    """The hot keys of a build and the routing of the known keys (from :func:`known_keys`' frame; shares scaled from
+    the sample to ``total_rows``): placed by longest-processing-time packing, salted when bigger than half a task."""
+    if not found.height:
+        return [], None
+    sampled = max(1, int(found.get_column(SAMPLED)[0]))
+    shares = [row[COUNT] / sampled for row in found.iter_rows(named=True)]
+    values = [tuple(row[c] for c in route) for row in found.iter_rows(named=True)]
+    hot = [HotKey(table=name, columns=tuple(route), values=v, rows=round(s * total_rows), share=s)
+           for v, s in zip(values, shares, strict=True) if s > hot_share]
+    if buckets <= 1 or forced == 0:
+        note = ("not salted: salting is off for this table (Settings.salts = 0)" if forced == 0 else
+                "not salted: the final step is one task, which holds every key anyway")
+        for h in hot:
+            h.note = note
+        return hot, None
+    slices = []
+    for share in shares:
+        wanted = forced if forced is not None and share > hot_share else math.ceil(2 * share * buckets - 1e-9)
+        slices.append(min(MAX_SALTS, max(1, wanted)) if can_salt else 1)
+    # Longest-processing-time packing: slices heaviest first, each to the least loaded task, over the load the keys
+    # left to their hash are expected to bring (spread evenly).
+    rest = max(0.0, 1.0 - sum(shares)) / buckets
+    heap = [(rest, b) for b in range(buckets)]
+    heapq.heapify(heap)
+    placed: list[list[int]] = [[] for _ in shares]
+    order = sorted(((s / n, i) for i, (s, n) in enumerate(zip(shares, slices, strict=True)) for _ in range(n)),
+                   reverse=True)
+    for size, i in order:
+        load, b = heapq.heappop(heap)
+        placed[i].append(b)
+        heapq.heappush(heap, (load + size, b))
+    by_values = {v: i for i, v in enumerate(values)}
+    for h in hot:
+        n = slices[by_values[h.values]]
+        if n > 1:
+            h.salts = n
+            h.note = f"salted over {n} tasks"
+        elif not can_salt:
+            h.note = f"not salted: {why_not}" if why_not else "not salted"
+        else:
+            h.note = "not salted: it fits in one task (placed in the least loaded)"
+    hot_values = {h.values for h in hot}
+    keys = pl.DataFrame({c: [v[j] for v in values] for j, c in enumerate(route)},
+                        schema={c: found.schema[c] for c in route}).with_columns(
+        pl.Series(BUCKETS, placed, pl.List(pl.Int64)), pl.Series(SALTED, [n > 1 for n in slices], pl.Boolean),
+        pl.Series(HOT, [v in hot_values for v in values], pl.Boolean))
+    return hot, Routing(keys=keys, route=tuple(route), salt_by=salt_by)
+
+
+def assign(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: str) -> pl.DataFrame:
+    """``df`` with its final task in ``column``: for a placed key's rows the task it was given (for a salted key's,
+    one of its slices' by a hash of the ``salt_by`` columns), for the others ``plain`` (a hash of the routing
+    columns)."""
+    if routing is None:
+        return df.with_columns(plain.alias(column))
+    route = list(routing.route)
+    keys = routing.keys.select(*route, BUCKETS).with_columns(
+        pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
+    by = [c for c in routing.salt_by if c in df.columns] or [c for c in df.columns if c != column]
+    salt = (pl.struct([pl.col(c) for c in by]).hash(seed=7) % pl.col(BUCKETS).list.len().cast(pl.UInt64))
+    joined = df.join(keys, on=route, how="left", nulls_equal=True, maintain_order="left")
+    chosen = pl.col(BUCKETS).list.get(salt.cast(pl.Int64))
+    return joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(chosen).otherwise(plain)
+                               .cast(pl.Int64).alias(column)).drop(BUCKETS)
+
+
+def hot_rows(df: pl.DataFrame, routing: Routing | None) -> dict[str, int]:
+    """Partial rows per hot key in ``df`` (by :attr:`HotKey.key`), for the record."""
+    if routing is None or not df.height:
+        return {}
+    route = list(routing.route)
+    hot = routing.keys.filter(pl.col(HOT)).select(route)
+    if not hot.height:
+        return {}
+    hot = hot.with_columns(pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
+    counted = df.join(hot, on=route, how="semi", nulls_equal=True).group_by(route).len()
+    return {json.dumps([row[c] for c in route], default=str): int(row["len"])
+            for row in counted.iter_rows(named=True)}
+
+
+def record(storage: Any, run_id: str, hot: list[HotKey]) -> None:
+    """Append a run's hot keys to ``_meta.hot_keys`` (one commit)."""
+    if not hot:
+        return
+    now = dt.datetime.now(dt.UTC)
+    rows = [{"run_id": run_id, "table_name": h.table, "columns": ",".join(h.columns), "key": h.key, "rows": h.rows,
+             "share": h.share, "final_rows": h.final_rows, "salted": h.salted, "salts": h.salts, "note": h.note,
+             "recorded_at": now} for h in hot]
+    table.append_rows(storage, REF, pa.Table.from_pylist(rows, schema=SCHEMA))
