@@ -391,8 +391,11 @@ def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, mai
         frame = frame.with_columns(pl.col(route[0]).cast(source.schema[route[0]]))
         [found] = salting.known_keys([frame], floor=floor)
     else:
-        [found] = engine.map_reduce([{"files": [f.item()]} for f in salting.sample(scanned)], salting.count_task,
-                                    salting.known_keys,
+        # a column or two of each file: a task per CPU, not per file, or starting tasks costs more than the reading
+        files = [f.item() for f in salting.sample(scanned)]
+        per = -(-len(files) // max(1, ctx.settings.ray.num_cpus))
+        [found] = engine.map_reduce([{"files": files[i:i + per]} for i in range(0, len(files), per)],
+                                    salting.count_task, salting.known_keys,
                                     fn_kwargs={"storage": ctx.storage, "table": source, "columns": route,
                                                "touched": touched},
                                     reduce_kwargs={"floor": floor})

@@ -103,7 +103,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         result.files_in = len(new_files)
         new_in = sum(m.rows_in for m in merged)
         result.rows_written = sum(m.kept for m in merged)
-        result.rows_duplicate = new_in - result.rows_written
+        result.rows_duplicate = new_in - result.rows_written + sum(m.duplicates for m in staged if isinstance(m, Read))
         # A backfill counts its months' rows only; their rejects are recorded already (the commit skips them).
         result.rows_in = new_in if months else sum(m.rows for m in staged if isinstance(m, Read))
         result.rows_quarantined = 0 if months else sum(f.rows for f in rejected)

@@ -11,9 +11,11 @@ from lakehouse.storage.files import DataFile
 
 @dataclass(frozen=True)
 class Read:
-    """Rows read from one bronze file (or, for a replay, the quarantined rows of one quarantine file retried)."""
+    """Rows read from one bronze file (or, for a replay, the quarantined rows of one quarantine file retried), and
+    how many valid ones were dropped there as older rows of a key the file holds again (``duplicates``)."""
 
     rows: int
+    duplicates: int = 0
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,26 @@ def test_gold_after_incremental_corrections_equals_a_full_rebuild(lake_copy: Cal
     for name, incremental in gold.items():
         rebuilt_from_bronze = pl.read_delta(str(lake.root / "gold" / name)).sort(SORT[name])
         assert_frame_equal(rebuilt_from_bronze, incremental, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def test_a_key_landed_100000_times_in_one_batch_keeps_its_latest_and_counts_the_rest(
+    lake_copy: Callable[[], Lake]
+) -> None:
+    # given: one new order landed 100,000 times in one file (a feed replaying its changes), then twice more later
+    lake = lake_copy()
+    base = pl.read_csv(lake.raw / "orders/1992-03/part-0.csv", infer_schema=False).row(0, named=True)
+    versions = pl.DataFrame({**{k: [v] * 100_000 for k, v in base.items()},
+                             "o_orderkey": [str(NEW_KEY + 9)] * 100_000,
+                             "o_comment": [f"version {i}" for i in range(100_000)]})
+    versions.write_csv(lake.raw / "orders/1992-03/part-6.csv")
+    pl.DataFrame([{**base, "o_orderkey": str(NEW_KEY + 9), "o_comment": f"late version {i}"} for i in range(2)]
+                 ).write_csv(lake.raw / "orders/1992-03/part-7.csv")
+
+    # when one run processes them
+    report = lakehouse.run(lake.settings)
+
+    # then silver holds the last landed version, and every other row is counted as a duplicate
+    assert report.ok, report.error
+    assert _silver_orders(lake, NEW_KEY + 9).get_column("o_comment").to_list() == ["late version 1"]
+    s = report.result("silver.orders")
+    assert (s.rows_in, s.rows_written, s.rows_quarantined, s.rows_duplicate) == (100_002, 1, 0, 100_001)

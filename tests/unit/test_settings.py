@@ -89,3 +89,18 @@ def test_per_table_policies_come_from_the_environment() -> None:
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_MAX_QUARANTINED_SHARE": "orders=5%"})
     with pytest.raises(ConfigError, match="LAKEHOUSE_BAD_FILES"):
         settings_from_env("/tmp/lake", env={"LAKEHOUSE_BAD_FILES": "ignore"})
+
+
+def test_hot_key_settings_from_the_environment_and_the_config_file(tmp_path: Path) -> None:
+    env = {"LAKEHOUSE_SALTS": "user_totals=0,*=8", "LAKEHOUSE_HOT_KEY_SHARE": "*=0.05"}
+    s = settings_from_env("/tmp/lake", env=env)
+    assert (s.salts, s.hot_key_share) == ({"user_totals": 0, "*": 8}, {"*": 0.05})
+    with pytest.raises(ConfigError, match="LAKEHOUSE_SALTS: cannot read 'user_totals=65'"):
+        settings_from_env("/tmp/lake", env={"LAKEHOUSE_SALTS": "user_totals=65"})
+    (tmp_path / "lakehouse.toml").write_text('root = "lake"\n[settings]\nsalts = { user_totals = 16 }\n'
+                                             'hot_key_share = { user_totals = 0.1 }\n')
+    project = settings_from_env(env={}, project=str(tmp_path))
+    assert (project.salts, project.hot_key_share) == ({"user_totals": 16}, {"user_totals": 0.1})
+    (tmp_path / "lakehouse.toml").write_text('root = "lake"\n[settings]\nsalts = { user_totals = -1 }\n')
+    with pytest.raises(ConfigError, match=r"salts\.user_totals must be a whole number of tasks"):
+        settings_from_env(env={}, project=str(tmp_path))

@@ -1,0 +1,116 @@
+"""Benchmark: a hot key in the final step of an aggregate, salted against plain hashing, in the same process.
+
+The events example with one user owning ``--skew`` of the events (30%) besides the Zipf tail of the others; the gold
+table ``user_totals`` (per user: events, distinct sessions, spend; salted by session) is rebuilt from its silver
+input with its final step spread over 8 and 16 tasks (``final_task_rows``), salted (the default) and with salting
+off (``salts = 0``: plain hashing), alternately, ``--repeats`` times each. Then the same without skew, where salting
+should cost nothing.
+
+    python bench/skew.py [--days 14] [--users 20000] [--events-per-day 100000] [--repeats 3]
+
+Two cores hide skew in wall time, so the balance is measured per task: max/mean partial rows per final task, and the
+largest task's bytes held (Polars' estimate of the partial rows it finishes) against the median task's. Wall time is
+the gold build's, median of the repeats. Every build's table is checked equal to the first one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+from polars.testing import assert_frame_equal
+
+import lakehouse
+from examples.events.demo import generate
+from lakehouse import engine
+from lakehouse.gold.tasks import Finished
+from lakehouse.running.context import RunContext
+from lakehouse.running.runner import build_gold
+from lakehouse.settings import RaySettings, Settings
+from lakehouse.storage import Storage
+from lakehouse.table import TableRef, snapshot
+
+TABLE = "user_totals"
+
+
+def build(settings: Settings) -> tuple[float, list[Finished], int]:
+    """Rebuild gold.user_totals from scratch: its wall time, its final tasks' loads, the slices of its hottest key."""
+    ctx = RunContext.start(settings, full_refresh=True)
+    began = time.monotonic()
+    result = build_gold(ctx, TABLE)
+    seconds = time.monotonic() - began
+    assert result.status == "committed", result.message
+    loads = [t for t in result.tasks if isinstance(t, Finished) and t.bucket >= 0]
+    hot = max(result.hot_keys, key=lambda h: h.share, default=None)
+    return seconds, loads, hot.salts if hot else 0
+
+
+def imbalance(loads: list[Finished]) -> tuple[float, float]:
+    rows = [t.rows for t in loads]
+    held = [t.bytes for t in loads]
+    return max(rows) / statistics.mean(rows), max(held) / statistics.median(held)
+
+
+def arm(root: Path, settings: Settings, tasks: int, repeats: int, reference: pl.DataFrame | None) -> pl.DataFrame:
+    rows = sum(f.rows for f in snapshot(Storage(str(root)), TableRef("silver", "events")).files)
+    sized = dataclasses.replace(settings, final_task_rows=-(-rows // tasks))
+    arms = {"salted": sized, "plain": dataclasses.replace(sized, salts={TABLE: 0})}
+    seen: dict[str, list[tuple[float, list[Finished], int]]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, s in arms.items():
+            seen[name].append(build(s))
+            table = pl.read_delta(str(root / "gold" / TABLE)).sort("user_id")
+            if reference is None:
+                reference = table
+            assert_frame_equal(table, reference, check_exact=False, rel_tol=1e-12)
+    wall = {name: statistics.median(s for s, _, _ in runs) for name, runs in seen.items()}
+    for name, runs in seen.items():
+        _, loads, salts = runs[-1]
+        rows_ratio, held_ratio = imbalance(loads)
+        print(f"  {tasks:>2} tasks  {name:<6}  max/mean rows {rows_ratio:5.2f}   largest/median bytes held "
+              f"{held_ratio:5.2f}   hot key slices {salts:>2}   gold build {wall[name]:6.2f} s (median of "
+              f"{repeats}: {', '.join(f'{s:.2f}' for s, _, _ in runs)})")
+    print(f"  {tasks:>2} tasks  salted/plain wall time {wall['salted'] / wall['plain']:.3f}")
+    assert reference is not None
+    return reference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--events-per-day", type=int, default=100_000)
+    parser.add_argument("--skew", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    logging.getLogger("lakehouse").setLevel(logging.WARNING)
+    ray = RaySettings(num_cpus=2, object_store_bytes=1 << 30)
+    work = Path(tempfile.mkdtemp(prefix="bench-skew-"))
+    try:
+        with engine.ray_session(ray):
+            for skew in (args.skew, None):
+                root = work / f"skew-{skew}"
+                began = time.monotonic()
+                generate(Storage(str(root)), days=args.days, users=args.users, events_per_day=args.events_per_day,
+                         skew=skew, seed=1)
+                settings = Settings(root=str(root), ray=ray, pipeline="events")
+                report = lakehouse.run(settings)
+                assert report.ok, report.error
+                print(f"events: {args.days * args.events_per_day:,} over {args.users:,} users, one user with "
+                      f"{skew or 0:.0%} besides the Zipf tail (landed and run in {time.monotonic() - began:.0f} s)")
+                reference = None
+                for tasks in (8, 16):
+                    reference = arm(root, settings, tasks, args.repeats, reference)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
