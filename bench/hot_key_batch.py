@@ -3,11 +3,11 @@ the same process: silver's dedup (orders, partition overwrite) and the change st
 
     python bench/hot_key_batch.py [--changes 100000]
 
-Each arm runs on a fresh copy of a processed TPC-H SF 0.01 lake. Printed: the stage's wall time and the peak RSS of
-this process and its children (the local Ray's workers) while the run lasts, and hot/spread ratios. Bounded means
-the hot batch costs no more than the spread one: a key's versions are reduced per key in the task that reads them
-(silver keeps the latest row of a key per landed file before staging; the change stage keeps every version, in the
-key's history, and applies the last).
+Each arm runs on a fresh copy of a processed TPC-H SF 0.01 lake. Printed: the stage's wall time, the peak memory
+(PSS) of this process and its children (the local Ray's workers; bench/memory.py) while the run lasts, and hot/spread
+ratios. Bounded means the hot batch costs no more than the spread one: a key's versions are reduced per key in the
+task that reads them (silver keeps the latest row of a key per landed file before staging; the change stage keeps
+every version, in the key's history, and applies the last).
 """
 
 from __future__ import annotations
@@ -15,60 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import polars as pl
+from memory import PeakMemory  # bench/memory.py: the PSS of this process and its children
 
 import lakehouse
 from examples.tpch.demo import generate
 from lakehouse import engine
 from lakehouse.settings import RaySettings, Settings
 from lakehouse.storage import Storage
-
-
-class PeakRss:
-    """The largest summed RSS of this process and its descendants, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.wait(0.05):
-            parents: dict[int, int] = {}
-            rss: dict[int, int] = {}
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
-                    continue
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    statm = Path(f"/proc/{entry}/statm").read_text().split()
-                except OSError:
-                    continue
-                fields = stat.rsplit(")", 1)[1].split()
-                parents[int(entry)] = int(fields[1])
-                rss[int(entry)] = int(statm[1]) * page
-            ours = {os.getpid()}
-            grew = True
-            while grew:
-                found = {p for p, parent in parents.items() if parent in ours} - ours
-                grew = bool(found)
-                ours |= found
-            self.peak = max(self.peak, sum(rss.get(p, 0) for p in ours))
 
 
 def orders_batch(raw: Path, changes: int, hot: bool) -> None:
@@ -107,7 +65,7 @@ def arm(lake: Path, work: Path, name: str, table: str, land: object, changes: in
     root = work / f"{name}-{'hot' if hot else 'spread'}"
     shutil.copytree(lake, root)
     land(root / "raw", changes, hot)  # type: ignore[operator]
-    with PeakRss() as rss:
+    with PeakMemory() as rss:
         report = lakehouse.run(Settings(root=str(root), ray=ray, target_file_rows=1_000_000))
     assert report.ok, report.error
     result = report.result(table)
@@ -140,10 +98,10 @@ def main() -> None:
                     s = min(t for t, _ in seen[hot])
                     peak = max(p for _, p in seen[hot])
                     what = f"one key x {args.changes:,}" if hot else f"{args.changes:,} changes spread"
-                    print(f"{name:<13} {what:<24} stage {s:6.2f} s   peak RSS {peak / 2**30:5.2f} GiB")
+                    print(f"{name:<13} {what:<24} stage {s:6.2f} s   peak memory {peak / 2**30:5.2f} GiB")
                 hot_s, spread_s = (min(t for t, _ in seen[h]) for h in (True, False))
                 hot_m, spread_m = (max(p for _, p in seen[h]) for h in (True, False))
-                print(f"{name:<13} hot/spread: time {hot_s / spread_s:.2f}, peak RSS {hot_m / spread_m:.2f}")
+                print(f"{name:<13} hot/spread: time {hot_s / spread_s:.2f}, peak memory {hot_m / spread_m:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

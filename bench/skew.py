@@ -3,8 +3,9 @@
 The events example with one user owning ``--skew`` of the events (30%) besides the Zipf tail of the others; the gold
 table ``user_totals`` (per user: events, distinct sessions, spend; salted by session) is rebuilt from its silver
 input with its final step spread over 8 and 16 tasks (``final_task_rows``), salted (the default) and with salting
-off (``salts = 0``: plain hashing), alternately, ``--repeats`` times each. Then the same without skew, where salting
-should cost nothing.
+off (``salts = 0``: plain hashing, hot keys still counted and recorded) and with detection off too (``salts = 0``
+and ``hot_key_share = 1``: no count pass), alternately, ``--repeats`` times each. Then the same without the hot user
+(the Zipf tail only), where salting should cost nothing.
 
     python bench/skew.py [--days 14] [--users 20000] [--events-per-day 100000] [--repeats 3]
 
@@ -61,7 +62,8 @@ def imbalance(loads: list[Finished]) -> tuple[float, float]:
 def arm(root: Path, settings: Settings, tasks: int, repeats: int, reference: pl.DataFrame | None) -> pl.DataFrame:
     rows = sum(f.rows for f in snapshot(Storage(str(root)), TableRef("silver", "events")).files)
     sized = dataclasses.replace(settings, final_task_rows=-(-rows // tasks))
-    arms = {"salted": sized, "plain": dataclasses.replace(sized, salts={TABLE: 0})}
+    arms = {"salted": sized, "plain": dataclasses.replace(sized, salts={TABLE: 0}),
+            "off": dataclasses.replace(sized, salts={TABLE: 0}, hot_key_share={TABLE: 1.0})}
     seen: dict[str, list[tuple[float, list[Finished], int]]] = {name: [] for name in arms}
     for _ in range(repeats):
         for name, s in arms.items():
@@ -77,7 +79,8 @@ def arm(root: Path, settings: Settings, tasks: int, repeats: int, reference: pl.
         print(f"  {tasks:>2} tasks  {name:<6}  max/mean rows {rows_ratio:5.2f}   largest/median bytes held "
               f"{held_ratio:5.2f}   hot key slices {salts:>2}   gold build {wall[name]:6.2f} s (median of "
               f"{repeats}: {', '.join(f'{s:.2f}' for s, _, _ in runs)})")
-    print(f"  {tasks:>2} tasks  salted/plain wall time {wall['salted'] / wall['plain']:.3f}")
+    print(f"  {tasks:>2} tasks  wall time salted/plain {wall['salted'] / wall['plain']:.3f}, salted/off "
+          f"{wall['salted'] / wall['off']:.3f} (off: hot keys not even counted)")
     assert reference is not None
     return reference
 

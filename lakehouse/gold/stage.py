@@ -375,6 +375,8 @@ def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, mai
         return [], None
     share = settings.hot_key_share.get(spec.name, settings.hot_key_share.get("*", salting.HOT_SHARE))
     forced = settings.salts.get(spec.name, settings.salts.get("*"))
+    if forced == 0 and share >= 1.0:  # nothing to salt, place or record: not even counted
+        return [], None
     why = ""
     if p.merge is None:
         why = "the plan declares no merge to combine a key's slices"
