@@ -67,6 +67,12 @@ def lifetime_value(partials: pl.DataFrame, customer: pl.DataFrame, nation: pl.Da
     return named.rename({"o_custkey": "c_custkey"})
 
 
+def merge_lifetime_values(values: pl.DataFrame) -> pl.DataFrame:
+    """A salted customer's value from the slices of their orders: sums of sums, min of mins."""
+    return values.group_by("c_custkey", "c_name", "nation").agg(
+        pl.col("order_count", "total_spent").sum(), pl.col("first_order_date").min(), pl.col("last_order_date").max())
+
+
 # --- pricing_summary_monthly: TPC-H Q1, one ship month at a time -------------------------------------------------
 
 def pricing_summary(lineitem: pl.DataFrame) -> pl.DataFrame:
@@ -110,7 +116,8 @@ PIPELINE = Pipeline(
                                          columns=("c_name", "c_nationkey", "_lsn"), where=pl.col("_end_op") == "d"))),
         Gold("customer_lifetime_value", m.CustomerLifetimeValue, keys="c_custkey",
              plan=aggregate("orders", by="o_custkey", columns=("o_custkey", "o_totalprice", "o_orderdate"),
-                            partial=orders_per_customer, final=lifetime_value, customer=CUSTOMER, nation=NATION)),
+                            partial=orders_per_customer, final=lifetime_value, merge=merge_lifetime_values,
+                            customer=CUSTOMER, nation=NATION)),
         Gold("pricing_summary_monthly", m.PricingSummaryMonthly, partition="ship_month",
              plan=per_partition("lineitem", pricing_summary,
                                 columns=("l_returnflag", "l_linestatus", "l_quantity", "l_extendedprice",

@@ -101,11 +101,17 @@ class Routing:
     keys: pl.DataFrame
     route: tuple[str, ...]
     salt_by: tuple[str, ...] = ()
+    output: tuple[str, ...] = ()  # the output's columns holding the key (default: the routing columns' names)
+
+    @property
+    def out(self) -> list[str]:
+        return list(self.output or self.route)
 
     def salted(self, dtypes: Mapping[str, Any] | None = None) -> pl.DataFrame:
-        """The salted keys' routing columns (cast to ``dtypes``)."""
-        found = self.keys.filter(pl.col(SALTED)).select(self.route)
-        return found.with_columns(pl.col(c).cast(dtypes[c]) for c in self.route) if dtypes else found
+        """The salted keys, in the output's columns holding them (cast to ``dtypes``)."""
+        found = self.keys.filter(pl.col(SALTED)).select(self.route).rename(dict(zip(self.route, self.out,
+                                                                                    strict=True)))
+        return found.with_columns(pl.col(c).cast(dtypes[c]) for c in self.out) if dtypes else found
 
     @property
     def any_salted(self) -> bool:
@@ -154,8 +160,8 @@ def floor_share(hot_share: float, buckets: int) -> float:
 
 
 def route_plan(found: pl.DataFrame, route: list[str], *, name: str, buckets: int, total_rows: int, hot_share: float,
-               forced: int | None, can_salt: bool, why_not: str = "",
-               salt_by: tuple[str, ...] = ()) -> tuple[list[HotKey], Routing | None]:
+               forced: int | None, can_salt: bool, why_not: str = "", salt_by: tuple[str, ...] = (),
+               output: tuple[str, ...] = ()) -> tuple[list[HotKey], Routing | None]:
     """The hot keys of a build and the routing of the known keys (from :func:`known_keys`' frame; shares scaled from
     the sample to ``total_rows``): placed by longest-processing-time packing, salted when bigger than half a task."""
     if not found.height:
@@ -202,7 +208,7 @@ def route_plan(found: pl.DataFrame, route: list[str], *, name: str, buckets: int
                         schema={c: found.schema[c] for c in route}).with_columns(
         pl.Series(BUCKETS, placed, pl.List(pl.Int64)), pl.Series(SALTED, [n > 1 for n in slices], pl.Boolean),
         pl.Series(HOT, [v in hot_values for v in values], pl.Boolean))
-    return hot, Routing(keys=keys, route=tuple(route), salt_by=salt_by)
+    return hot, Routing(keys=keys, route=tuple(route), salt_by=salt_by, output=output)
 
 
 def assign(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: str) -> pl.DataFrame:
@@ -220,6 +226,21 @@ def assign(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: st
     chosen = pl.col(BUCKETS).list.get(salt.cast(pl.Int64))
     return joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(chosen).otherwise(plain)
                                .cast(pl.Int64).alias(column)).drop(BUCKETS)
+
+
+def replicate(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: str) -> pl.DataFrame:
+    """``df`` (a lookup's rows, by the routing columns) with the final task of each row in ``column``, like
+    :func:`assign`, except that a salted key's rows go to every task holding one of its slices (a row each)."""
+    if routing is None:
+        return df.with_columns(plain.alias(column))
+    route = list(routing.route)
+    keys = routing.keys.select(*route, BUCKETS).with_columns(
+        pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
+    joined = df.with_columns(plain.alias(column)).join(keys, on=route, how="left", nulls_equal=True,
+                                                       maintain_order="left")
+    joined = joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(pl.col(BUCKETS).list.unique())
+                                 .otherwise(pl.concat_list(pl.col(column))).alias(BUCKETS))
+    return joined.drop(column).explode(BUCKETS).rename({BUCKETS: column}).with_columns(pl.col(column).cast(pl.Int64))
 
 
 def hot_rows(df: pl.DataFrame, routing: Routing | None) -> dict[str, int]:

@@ -24,6 +24,7 @@ new ones, carrying every input's version.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from lakehouse.gold.inputs import Input, Partitions, inputs, items, marks, ref, 
 from lakehouse.quality.validation import model_dtypes
 from lakehouse.running.context import RunContext, StageResult
 from lakehouse.spec import Aggregate, Gold, Lookup, PerPartition, Pipeline
+from lakehouse.spec.plans import parameters
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile
 from lakehouse.storage.frames import arrow_type
@@ -307,6 +309,7 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
     hot_rows: dict[str, int] = {}
     shared = {name: _place(ctx, pipeline, name, lk, ins[lk.input])
               for name, lk in p.lookups.items() if name != p.through} if scanned else {}
+    at_final, by_bucket_of = _co_partition(ctx, p, shared, route, buckets, routing, touched, staging)
     adds: list[DataFile] = []
     merge_source: list[DataFile] = []
     for n, (parts, via_files) in enumerate(_batches(ctx, spec, p, ins, target)):
@@ -336,8 +339,10 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
         final = {"storage": storage, "plan": p, "lookups": lookups, "out": out, "staging": where, "mode": mode,
                  "route": route, "buckets": buckets, "allowed": allowed, "touched": touched,
                  "merge_rel": f"{staging}/merge", "routing": routing, "slices_rel": f"{where}/slices"}
-        jobs = [{"bucket": b, "files": paths} for b, paths in sorted(by_bucket.items())]
-        reports = engine.map_items(jobs, tasks.final_task, fn_kwargs=final)
+        jobs = [{"bucket": b, "files": paths,
+                 "lookups": {name: by_bucket_of[name].get(b, []) for name in by_bucket_of}}
+                for b, paths in sorted(by_bucket.items())]
+        reports = engine.map_items(jobs, tasks.final_task, fn_kwargs={**final, "lookups": {**lookups, **at_final}})
         slices = [r.file.path for r in reports if isinstance(r, tasks.Staged) and r.bucket == tasks.SLICE]
         if routing is not None and routing.any_salted:
             reports += engine.map_items([{"files": slices}], tasks.merge_task, fn_kwargs={
@@ -364,6 +369,33 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
     return done.adds, done.removes
 
 
+def _co_partition(ctx: RunContext, p: Aggregate, placed: dict[str, tasks.LookupInput], route: list[str], buckets: int,
+                  routing: salting.Routing | None, touched: Any,
+                  staging: str) -> tuple[dict[str, tasks.LookupInput], dict[str, dict[int, list[str]]]]:
+    """The lookups of ``final`` too large to broadcast and joined on the routing column, split by the final bucket of
+    their key once (a hash-partitioned join: each final task reads its bucket's rows, where a filtered read would
+    have each task read every file whose key range holds one of its keys); a salted key's rows go to each of its
+    slices' tasks. By name: the lookup as final tasks get it, and its staged files by bucket."""
+    _, wanted = parameters(p.final)
+    found: dict[str, tasks.LookupInput] = {}
+    files: dict[str, dict[int, list[str]]] = {}
+    for name in wanted:
+        lk = placed.get(name)
+        if (lk is None or lk.ref is not None or buckets <= 1 or len(route) != 1
+                or lk.lookup.by_column != route[0] or name == p.through):
+            continue
+        rel = f"{staging}/lookup-{name}"
+        split = engine.map_items([{"files": [f]} for f in lk.files], tasks.split_lookup, fn_kwargs={
+            "storage": ctx.storage, "lookup": lk, "route": route[0], "buckets": buckets, "routing": routing,
+            "staging": rel, "touched": touched})
+        files[name] = {}
+        for r in split:
+            if isinstance(r, tasks.Staged):
+                files[name].setdefault(r.bucket, []).append(r.file.path)
+        found[name] = dataclasses.replace(lk, files=(), staged=rel)
+    return found, files
+
+
 def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, main: Input, scanned: list[TableFile],
               route: list[str], buckets: int, touched: Any) -> tuple[list[salting.HotKey], salting.Routing | None]:
     """The hot keys of the final step's routing columns, counted over (a sample of) the input's files before the
@@ -378,10 +410,12 @@ def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, mai
     if forced == 0 and share >= 1.0:  # nothing to salt, place or record: not even counted
         return [], None
     why = ""
+    # the output's columns holding the key: the routing columns, or its keys standing for them (o_custkey -> c_custkey)
+    output = tuple(route) if set(route) <= set(model_dtypes(spec.model)) else tuple(spec.keys)
     if p.merge is None:
         why = "the plan declares no merge to combine a key's slices"
-    elif not set(route) <= set(model_dtypes(spec.model)):
-        why = f"the output has no column {', '.join(route)} to merge a key's slices by"
+    elif len(output) != len(route):
+        why = f"the output has no column {', '.join(route)} (nor keys standing for them) to merge a key's slices by"
     floor = salting.floor_share(share, buckets)
     if route == [source.partition]:  # the input's partition column: its rows per value are in the log
         counts: dict[str | None, int] = {}
@@ -403,7 +437,7 @@ def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, mai
                                     reduce_kwargs={"floor": floor})
     return salting.route_plan(found, route, name=str(ref(spec.name)), buckets=buckets,
                               total_rows=sum(f.rows for f in scanned), hot_share=share, forced=forced,
-                              can_salt=not why, why_not=why, salt_by=p.salt_by)
+                              can_salt=not why, why_not=why, salt_by=p.salt_by, output=output)
 
 
 def _batches(ctx: RunContext, spec: Gold, p: Aggregate, ins: dict[str, Input],

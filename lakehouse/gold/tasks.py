@@ -11,6 +11,7 @@ result against the table's model and writes it. Each task returns typed reports 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from lakehouse.table import ranges
 
 DELETE = "__delete"
 BUCKET = "__bucket"
+BUCKET_KEY = "__bucket_key"
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,13 @@ class LookupInput:
     lookup: Lookup
     ref: Any = None
     files: tuple[dict[str, Any], ...] = ()
+    staged: str = ""  # co-partitioned with the final step: its rows staged here by bucket (see split_lookup)
+    rows: pl.DataFrame | None = None
 
     def frame(self, storage: Storage, rows: pl.DataFrame, fn: Transform) -> pl.DataFrame:
         lk = self.lookup
+        if self.rows is not None:
+            return self.rows
         if self.ref is not None:
             return engine.fetch(self.ref)
         assert lk.key is not None and lk.by_column is not None
@@ -132,6 +138,33 @@ class LookupInput:
         wanted = [f for f in self.files if keys.len() and ranges.may_hold(f, keys)]
         where = pl.col(lk.key).is_in(keys.implode())
         return self.table.read(storage, wanted, lk.read_columns(), where if lk.where is None else where & lk.where)
+
+
+def split_lookup(item: dict[str, Any], *, storage: Storage, lookup: LookupInput, route: str, buckets: int,
+                 routing: salting.Routing | None, staging: str, touched: Any = None) -> list[Report]:
+    """A file of a lookup too large to broadcast, split by the final bucket of its key (hashed as the partial rows'
+    routing column it is joined to), so that each final task reads only its bucket's rows: a hash-partitioned join.
+    A salted key's rows go to every task holding one of its slices (replicated), a placed key's to its task."""
+    lk = lookup.lookup
+    assert lk.key is not None
+    df = lookup.table.read(storage, item["files"], lk.read_columns(), lk.where)
+    if not df.height:
+        return []
+    clash = route in df.columns and route != lk.key  # a column of the lookup named like the routing column
+    keyed = (df.rename({route: BUCKET_KEY}) if clash else df).with_columns(pl.col(lk.key).alias(route))
+    if touched is not None:  # a MERGE of the keys that changed: only their rows are looked up
+        keys: pl.DataFrame = engine.fetch(touched)
+        keyed = keyed.join(keys.select(pl.col(route).cast(keyed.schema[route], strict=False)), on=route, how="semi",
+                           nulls_equal=True)
+    hashed = salting.replicate(keyed, routing, bucket_of([route], buckets, {route: df.schema[lk.key]}), BUCKET)
+    if route != lk.key:
+        hashed = hashed.drop(route)
+    if clash:
+        hashed = hashed.rename({BUCKET_KEY: route})
+    out: list[Report] = []
+    for (b,), part in hashed.partition_by(BUCKET, as_dict=True, include_key=False).items():
+        out.append(Staged(int(b), write_data_file(storage, staging, part.to_arrow(), prefix=f"l{b}", stats=False)))
+    return out
 
 
 def read_lookup(storage: Storage, table: Table, files: list[dict[str, Any]], lk: Lookup) -> pl.DataFrame:
@@ -305,10 +338,11 @@ def partial_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, sou
     return staged
 
 
-def bucket_of(route: list[str], buckets: int, dtypes: Any = None) -> pl.Expr:
-    """The final bucket of a row, by a hash of its routing columns (cast to ``dtypes`` first, so that the keys a MERGE
-    deletes hash as their partial rows did)."""
-    cols = [pl.col(c).cast(dtypes[c]) if dtypes is not None and c in dtypes else pl.col(c) for c in route]
+def bucket_of(route: list[str], buckets: int, dtypes: Any) -> pl.Expr:
+    """The final bucket of a row, by a hash of its routing columns, typed ``dtypes`` (those of the frame hashed, or
+    those to cast it to, so that the keys a MERGE deletes hash as their partial rows did). Integers hash as Int64, so
+    that a lookup's key hashes as the partial rows' column it is joined to, whatever their widths."""
+    cols = [pl.col(c).cast(pl.Int64 if dtypes[c].is_integer() else dtypes[c]) for c in route]
     return (pl.struct(cols).hash(seed=0) % buckets).cast(pl.Int64)
 
 
@@ -316,7 +350,7 @@ def _buckets(df: pl.DataFrame, route: list[str], buckets: int, dtypes: Any = Non
              routing: salting.Routing | None = None) -> list[tuple[int, pl.DataFrame]]:
     if buckets == 1:
         return [(0, df)]
-    hashed = salting.assign(df, routing, bucket_of(route, buckets, dtypes), BUCKET)
+    hashed = salting.assign(df, routing, bucket_of(route, buckets, dtypes or df.schema), BUCKET)
     return [(int(b), part) for (b,), part in hashed.partition_by(BUCKET, as_dict=True, include_key=False).items()]
 
 
@@ -328,6 +362,8 @@ def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, looku
     with a delete for each touched key of the bucket that has no row any more. The output rows of salted keys (a
     slice of each) are staged for :func:`merge_task` instead."""
     files = [{"path": p, "partition_values": {}} for p in item["files"]]
+    lookups = {**lookups, **{name: dataclasses.replace(lookups[name], rows=_bucket_rows(storage, lookups[name], paths))
+                             for name, paths in item.get("lookups", {}).items()}}
     load = Finished(item["bucket"], 0, 0)
     if files:
         partials = read_files(storage, staging, files)
@@ -341,8 +377,9 @@ def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, looku
     reports: list[Report] = [load]
     salted = routing.salted(out.dtypes) if routing is not None and routing.any_salted else None
     if salted is not None:
-        sliced = df.join(salted, on=route, how="semi", nulls_equal=True)
-        df = df.join(salted, on=route, how="anti", nulls_equal=True)
+        assert routing is not None
+        sliced = df.join(salted, on=routing.out, how="semi", nulls_equal=True)
+        df = df.join(salted, on=routing.out, how="anti", nulls_equal=True)
         if sliced.height:
             f = write_data_file(storage, slices_rel, to_arrow(sliced, out.schema), prefix=f"slice-{item['bucket']}",
                                 stats=False)
@@ -353,13 +390,20 @@ def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, looku
     keys = list(out.keys)
     gone: pl.DataFrame = engine.fetch(touched)
     if buckets > 1:
-        gone = salting.assign(gone, routing, bucket_of(route, buckets), BUCKET)
+        gone = salting.assign(gone, routing, bucket_of(route, buckets, gone.schema), BUCKET)
         gone = gone.filter(pl.col(BUCKET) == item["bucket"]).drop(BUCKET)
     gone = gone.select(pl.col(k).cast(out.dtypes[k]) for k in keys)
     gone = gone.join(df.select(keys), on=keys, how="anti", nulls_equal=True)
     if salted is not None:  # the merge step answers for them
         gone = gone.join(salted, on=keys, how="anti", nulls_equal=True)
     return reports + _merge_source(storage, out, df, gone, merge_rel, f"merge-{item['bucket']}")
+
+
+def _bucket_rows(storage: Storage, lk: LookupInput, paths: list[str]) -> pl.DataFrame:
+    """A co-partitioned lookup's rows for one final task (the declared columns; an empty frame when it has none)."""
+    if not paths:
+        return lk.table.empty(lk.lookup.read_columns())
+    return read_files(storage, lk.staged, [{"path": p, "partition_values": {}} for p in paths])
 
 
 def merge_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],

@@ -4,7 +4,9 @@ new day is merged in."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +19,7 @@ from lakehouse.gold.tasks import Finished
 from lakehouse.running.runner import RunReport
 from lakehouse.settings import Settings
 from lakehouse.storage import Storage
-from tests.conftest import RAY
+from tests.conftest import RAY, Lake
 from tests.oracle import assert_frames_match, expected_events
 
 pytestmark = pytest.mark.integration
@@ -94,3 +96,36 @@ def test_a_new_day_merged_into_salted_totals_equals_duckdb(ray_session: None, tm
     assert any(h.salted for h in totals.hot_keys)
     assert_frames_match(pl.read_delta(str(root / "gold/user_totals")), expected_events(root / "raw", "user_totals"),
                         ["user_id"])
+
+
+def test_a_lookup_too_large_to_broadcast_is_joined_by_hash_and_salted_keys_get_its_rows(
+    lake_copy: Callable[[], Lake]
+) -> None:
+    """gold.customer_lifetime_value joins customer in its final step: over the broadcast threshold it is split by the
+    final task of its key (a hash-partitioned join); with every customer hot and salted over 3 tasks each, their
+    customer rows are replicated to each slice's task. The table equals the default build, and after a new drop of
+    orders merged in, a full rebuild."""
+    lake = lake_copy()
+    settings = dataclasses.replace(lake.settings, broadcast_max_rows=100, final_task_rows=300,
+                                   hot_key_share={"customer_lifetime_value": 0.0001},
+                                   salts={"customer_lifetime_value": 3})
+    wanted = pl.read_delta(str(lake.root / "gold/customer_lifetime_value"))
+
+    report = lakehouse.run(settings, full_refresh=True)
+
+    assert report.ok, report.error
+    [clv] = [r for r in report.results if r.table == "gold.customer_lifetime_value"]
+    assert len([t for t in clv.tasks if isinstance(t, Finished) and t.bucket >= 0]) > 1
+    assert clv.hot_keys and all(h.salts == 3 for h in clv.hot_keys)
+    assert_frames_match(pl.read_delta(str(lake.root / "gold/customer_lifetime_value")), wanted, ["c_custkey"])
+
+    # when: a new drop of orders, for customers old and new, is merged in the same way
+    march = pl.read_csv(lake.raw / "orders/1992-03/part-0.csv", infer_schema=False)
+    march.head(40).with_columns(pl.col("o_orderkey").cast(pl.Int64) + 9_000_000).write_csv(
+        lake.raw / "orders/1992-03/part-9.csv")
+    assert lakehouse.run(settings).ok
+    merged = pl.read_delta(str(lake.root / "gold/customer_lifetime_value"))
+
+    # then: it equals a full rebuild with the defaults
+    assert lakehouse.run(lake.settings, full_refresh=True).ok
+    assert_frames_match(merged, pl.read_delta(str(lake.root / "gold/customer_lifetime_value")), ["c_custkey"])

@@ -47,7 +47,7 @@ def _salted(partials: pl.DataFrame, buckets: int, salt_by: tuple[str, ...]) -> t
                                     total_rows=partials.height, hot_share=salting.HOT_SHARE, forced=None,
                                     can_salt=True, salt_by=salt_by)
     assert routing is not None
-    routed = salting.assign(partials, routing, bucket_of(ROUTE, buckets), BUCKET)
+    routed = salting.assign(partials, routing, bucket_of(ROUTE, buckets, partials.schema), BUCKET)
     assert routed.get_column(BUCKET).is_between(0, buckets - 1).all()
     outputs, slices = [], []
     for (_,), rows in routed.partition_by(BUCKET, as_dict=True, include_key=False).items():
@@ -83,7 +83,7 @@ def test_a_hot_key_is_salted_over_tasks_and_the_load_is_balanced() -> None:
     hot = routing.keys.filter(pl.col(salting.SALTED))
     assert 7 in hot.get_column("user_id").to_list()
     assert hot.height <= 3
-    loads = salting.assign(partials, routing, bucket_of(ROUTE, 8), BUCKET).group_by(BUCKET).len()
+    loads = salting.assign(partials, routing, bucket_of(ROUTE, 8, partials.schema), BUCKET).group_by(BUCKET).len()
     assert loads.height == 8
     assert loads.get_column("len").max() / loads.get_column("len").mean() <= 1.4  # type: ignore[operator]
     assert salted.sort("user_id").equals(user_totals(partials).sort("user_id"))
@@ -121,3 +121,23 @@ def test_without_merge_hot_keys_are_recorded_and_placed_but_not_salted() -> None
     off, none = salting.route_plan(found, ROUTE, name="gold.t", buckets=8, total_rows=1000, hot_share=0.02,
                                    forced=0, can_salt=True)
     assert none is None and "Settings.salts = 0" in off[0].note
+
+
+def test_a_lookup_s_rows_go_to_each_task_of_a_salted_key_and_hash_as_the_partial_rows_do() -> None:
+    # given: partial rows keyed by a 32-bit column, and a lookup keyed by a 64-bit one
+    partials = _partials(3, 10_000, 0.5, 100).with_columns(pl.col("user_id").cast(pl.Int32))
+    _, routing = _salted(partials, 8, salt_by=("session_id",))
+    users = pl.DataFrame({"user_id": list(range(1, 101)), "country": ["x"] * 100},
+                         schema_overrides={"user_id": pl.Int64})
+
+    # when: the lookup is split by final task as the engine splits it
+    split = salting.replicate(users, routing, bucket_of(ROUTE, 8, users.schema), BUCKET)
+    routed = salting.assign(partials, routing, bucket_of(ROUTE, 8, partials.schema), BUCKET)
+
+    # then: every partial row's task holds its user's lookup row; a salted user's row is in each of its tasks
+    pairs = routed.select("user_id", BUCKET).unique().with_columns(pl.col("user_id").cast(pl.Int64))
+    assert pairs.join(split, on=["user_id", BUCKET], how="anti").is_empty()
+    hot = split.filter(pl.col("user_id") == 7)
+    assert hot.height == len(routing.keys.filter(pl.col("user_id") == 7).get_column(salting.BUCKETS)[0].unique()) > 1
+    salted = routing.keys.filter(pl.col(salting.SALTED)).get_column("user_id").to_list()
+    assert split.filter(~pl.col("user_id").is_in(salted)).get_column("user_id").is_unique().all()
