@@ -118,10 +118,11 @@ class Routing:
         return bool(self.keys.get_column(SALTED).any())
 
 
-def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[str],
+def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[str], floor: float,
                touched: Any = None) -> list[pl.DataFrame]:
-    """Rows per value of ``columns`` in the item's files (a worker reads only those columns), only the ``touched``
-    keys' when a MERGE rebuilds just them."""
+    """The keys (values of ``columns``) above half of ``floor`` of the item's rows, with their rows and the item's
+    rows (``SAMPLED``): a worker reads only those columns, and only the ``touched`` keys' rows when a MERGE rebuilds
+    just them. A key above ``floor`` of all rows is above it in at least one item, so :func:`known_keys` finds it."""
     from lakehouse import engine
 
     keys: pl.DataFrame | None = engine.fetch(touched) if touched is not None else None
@@ -131,19 +132,24 @@ def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[
         if keys is not None:
             df = df.join(keys, on=list(keys.columns), how="semi", nulls_equal=True)
         frames.append(df.group_by(columns).agg(pl.len().cast(pl.Int64).alias(COUNT)))
-    return frames
+    if not frames:
+        return []
+    counts = pl.concat(frames).group_by(columns).agg(pl.col(COUNT).sum())
+    rows = int(counts.get_column(COUNT).sum() or 0)
+    return [counts.filter(pl.col(COUNT) > floor / 2 * rows).with_columns(pl.lit(rows, pl.Int64).alias(SAMPLED))]
 
 
-def known_keys(counts: list[pl.DataFrame], *, floor: float, limit: int = MAX_KNOWN) -> list[pl.DataFrame]:
-    """The reduce of :func:`count_task`: the keys above ``floor`` of every counted row, heaviest first (at most
-    ``limit``), with the number of rows counted (``SAMPLED``)."""
+def known_keys(counts: list[pl.DataFrame], *, floor: float, limit: int = MAX_KNOWN) -> pl.DataFrame:
+    """The keys above ``floor`` of every counted row (from :func:`count_task`'s frames, a few hundred rows each),
+    heaviest first (at most ``limit``), with the number of rows counted (``SAMPLED``). A key's rows are summed over
+    the items that returned it: a lower bound."""
     counts = [c for c in counts if c.height]
     if not counts:
-        return [pl.DataFrame()]
-    total = pl.concat(counts).group_by(pl.exclude(COUNT)).agg(pl.col(COUNT).sum())
-    rows = int(total.get_column(COUNT).sum() or 0)
+        return pl.DataFrame()
+    rows = sum(int(c.get_column(SAMPLED)[0]) for c in counts)
+    total = pl.concat([c.drop(SAMPLED) for c in counts]).group_by(pl.exclude(COUNT)).agg(pl.col(COUNT).sum())
     known = total.filter(pl.col(COUNT) > floor * rows).sort(COUNT, descending=True).head(limit)
-    return [known.with_columns(pl.lit(rows, pl.Int64).alias(SAMPLED))]
+    return known.with_columns(pl.lit(rows, pl.Int64).alias(SAMPLED))
 
 
 def sample(files: list[Any], limit: int = SAMPLE_ROWS) -> list[Any]:

@@ -336,18 +336,18 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
                 hot_rows[s.key] = hot_rows.get(s.key, 0) + s.rows
         allowed = None if parts is None else sorted((v for (v,) in parts), key=lambda v: (v is None, v or ""))
         mode = "merge" if target.keys else "write"
-        final = {"storage": storage, "plan": p, "lookups": lookups, "out": out, "staging": where, "mode": mode,
-                 "route": route, "buckets": buckets, "allowed": allowed, "touched": touched,
-                 "merge_rel": f"{staging}/merge", "routing": routing, "slices_rel": f"{where}/slices"}
+        final = {"storage": storage, "plan": p, "lookups": {**lookups, **at_final}, "out": out, "staging": where,
+                 "mode": mode, "route": route, "buckets": buckets, "allowed": allowed, "touched": touched,
+                 "merge_rel": f"{staging}/merge", "routing": routing}
         jobs = [{"bucket": b, "files": paths,
                  "lookups": {name: by_bucket_of[name].get(b, []) for name in by_bucket_of}}
                 for b, paths in sorted(by_bucket.items())]
-        reports = engine.map_items(jobs, tasks.final_task, fn_kwargs={**final, "lookups": {**lookups, **at_final}})
-        slices = [r.file.path for r in reports if isinstance(r, tasks.Staged) and r.bucket == tasks.SLICE]
-        if routing is not None and routing.any_salted:
-            reports += engine.map_items([{"files": slices}], tasks.merge_task, fn_kwargs={
-                "storage": storage, "plan": p, "lookups": lookups, "out": out, "slices_rel": f"{where}/slices",
-                "mode": mode, "routing": routing, "allowed": allowed, "merge_rel": f"{staging}/merge"})
+        if routing is not None and routing.any_salted:  # the salted keys' slices are merged as the tasks' reduce
+            reports = engine.map_reduce(jobs, tasks.final_task, tasks.merge_slices, fn_kwargs=final, reduce_kwargs={
+                "storage": storage, "plan": p, "lookups": lookups, "out": out, "mode": mode, "routing": routing,
+                "allowed": allowed, "merge_rel": f"{staging}/merge"})
+        else:
+            reports = engine.map_items(jobs, tasks.final_task, fn_kwargs=final)
         for r in reports:
             if isinstance(r, tasks.Written):
                 adds.append(r.file)
@@ -424,17 +424,18 @@ def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, mai
             counts[value] = counts.get(value, 0) + f.rows
         frame = pl.DataFrame({route[0]: list(counts), salting.COUNT: list(counts.values())},
                              schema={route[0]: pl.String, salting.COUNT: pl.Int64})
-        frame = frame.with_columns(pl.col(route[0]).cast(source.schema[route[0]]))
-        [found] = salting.known_keys([frame], floor=floor)
+        frame = frame.with_columns(pl.col(route[0]).cast(source.schema[route[0]]),
+                                   pl.lit(sum(counts.values()), pl.Int64).alias(salting.SAMPLED))
+        found = salting.known_keys([frame], floor=floor)
     else:
-        # a column or two of each file: a task per CPU, not per file, or starting tasks costs more than the reading
+        # a column or two of each file: a task per CPU, not per file, or starting tasks costs more than the reading;
+        # each returns only its heavy keys (hundreds of rows), so no reduce step is needed
         files = [f.item() for f in salting.sample(scanned)]
         per = -(-len(files) // max(1, ctx.settings.ray.num_cpus))
-        [found] = engine.map_reduce([{"files": files[i:i + per]} for i in range(0, len(files), per)],
-                                    salting.count_task, salting.known_keys,
-                                    fn_kwargs={"storage": ctx.storage, "table": source, "columns": route,
-                                               "touched": touched},
-                                    reduce_kwargs={"floor": floor})
+        found = salting.known_keys(engine.map_items(
+            [{"files": files[i:i + per]} for i in range(0, len(files), per)], salting.count_task,
+            fn_kwargs={"storage": ctx.storage, "table": source, "columns": route, "floor": floor,
+                       "touched": touched}), floor=floor)
     return salting.route_plan(found, route, name=str(ref(spec.name)), buckets=buckets,
                               total_rows=sum(f.rows for f in scanned), hot_share=share, forced=forced,
                               can_salt=not why, why_not=why, salt_by=p.salt_by, output=output)

@@ -60,6 +60,13 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Sliced:
+    """The output rows one final task gave for salted keys (a slice of each), on their way to the merge."""
+
+    rows: pl.DataFrame
+
+
+@dataclass(frozen=True)
 class HotRows:
     """The partial rows of a hot key (:attr:`salting.HotKey.key`) that one partial task routed to the final step."""
 
@@ -74,9 +81,7 @@ class Found:
     value: str | None
 
 
-Report = Written | Staged | Finished | HotRows
-# The bucket of a Staged file of salted keys' output rows (of one final task), which the merge step combines.
-SLICE = -2
+Report = Written | Staged | Finished | HotRows | Sliced
 
 
 @dataclass(frozen=True)
@@ -357,10 +362,10 @@ def _buckets(df: pl.DataFrame, route: list[str], buckets: int, dtypes: Any = Non
 def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],
                out: Output, staging: str, mode: Literal["write", "merge"], route: list[str], buckets: int,
                allowed: list[str | None] | None = None, touched: Any = None, merge_rel: str = "",
-               routing: salting.Routing | None = None, slices_rel: str = "") -> list[Report]:
+               routing: salting.Routing | None = None) -> list[Report]:
     """One bucket's partial rows through ``final``: written to the table, or (``merge``) staged as MERGE source rows,
     with a delete for each touched key of the bucket that has no row any more. The output rows of salted keys (a
-    slice of each) are staged for :func:`merge_task` instead."""
+    slice of each) go to :func:`merge_slices` instead, through the object store (:class:`Sliced`)."""
     files = [{"path": p, "partition_values": {}} for p in item["files"]]
     lookups = {**lookups, **{name: dataclasses.replace(lookups[name], rows=_bucket_rows(storage, lookups[name], paths))
                              for name, paths in item.get("lookups", {}).items()}}
@@ -381,9 +386,7 @@ def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, looku
         sliced = df.join(salted, on=routing.out, how="semi", nulls_equal=True)
         df = df.join(salted, on=routing.out, how="anti", nulls_equal=True)
         if sliced.height:
-            f = write_data_file(storage, slices_rel, to_arrow(sliced, out.schema), prefix=f"slice-{item['bucket']}",
-                                stats=False)
-            reports.append(Staged(SLICE, f))
+            reports.append(Sliced(sliced))
     df = check_rules(df, out, plan.final)
     if mode == "write":
         return reports + write(storage, out, df)
@@ -406,23 +409,24 @@ def _bucket_rows(storage: Storage, lk: LookupInput, paths: list[str]) -> pl.Data
     return read_files(storage, lk.staged, [{"path": p, "partition_values": {}} for p in paths])
 
 
-def merge_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],
-               out: Output, slices_rel: str, mode: Literal["write", "merge"], routing: salting.Routing,
-               allowed: list[str | None] | None = None, merge_rel: str = "") -> list[Report]:
-    """The salted keys' slices (the output rows each final task gave for them) through ``merge``: one row per key,
-    checked against the model, written (or staged as MERGE source, with a delete for a salted key left with no
-    row)."""
+def merge_slices(results: list[Report], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],
+                 out: Output, mode: Literal["write", "merge"], routing: salting.Routing,
+                 allowed: list[str | None] | None = None, merge_rel: str = "") -> list[Report]:
+    """The reduce of the final tasks when keys are salted: their slices (the output rows each task gave for the salted
+    keys) through ``merge``, one row per key, checked against the model and written (or staged as MERGE source, with
+    a delete for a salted key left with no row); the tasks' other reports pass through."""
     assert plan.merge is not None
-    files = [{"path": p, "partition_values": {}} for p in item["files"]]
-    slices = read_files(storage, slices_rel, files) if files else pl.DataFrame(schema=out.dtypes)
+    frames = [r.rows for r in results if isinstance(r, Sliced)]
+    slices = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=out.dtypes)
+    passed = [r for r in results if not isinstance(r, Sliced)]
     load = Finished(-1, slices.height, int(slices.estimated_size()))
     result = call(plan.merge, slices, lookups, storage, out)
     df = conform(result, out, plan.merge, allowed=frozenset(allowed) if allowed is not None else None)
     if mode == "write":
-        return [load, *write(storage, out, df)]
+        return [*passed, load, *write(storage, out, df)]
     keys = list(out.keys)
     gone = routing.salted(out.dtypes).join(df.select(keys), on=keys, how="anti", nulls_equal=True)
-    return [load, *_merge_source(storage, out, df, gone, merge_rel, "merge-salted")]
+    return [*passed, load, *_merge_source(storage, out, df, gone, merge_rel, "merge-salted")]
 
 
 def _merge_source(storage: Storage, out: Output, df: pl.DataFrame, gone: pl.DataFrame, merge_rel: str,

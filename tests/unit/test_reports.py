@@ -71,3 +71,11 @@ def test_a_finding_carries_a_landed_value_as_text_when_it_is_not_a_json_scalar()
 
     assert reports.plain(dt.date(2024, 3, 1)) == "2024-03-01"
     assert reports.plain("-5.00") == "-5.00" and reports.plain(7) == 7 and reports.plain(None) is None
+
+
+def test_a_slice_of_salted_keys_output_rows_survives_pickling() -> None:
+    import polars as pl
+
+    rows = pl.DataFrame({"user_id": [7, 7], "events": [3, 4]})
+    got = pickle.loads(pickle.dumps(gold.Sliced(rows)))
+    assert isinstance(got, gold.Sliced) and got.rows.equals(rows)

@@ -41,8 +41,9 @@ def _partials(seed: int, rows: int, hot_share: float, users: int) -> pl.DataFram
 def _salted(partials: pl.DataFrame, buckets: int, salt_by: tuple[str, ...]) -> tuple[pl.DataFrame, salting.Routing]:
     """The final step as the engine runs it: route every partial row (placed, salted or hashed), ``final`` per task,
     the salted keys' rows out of each task's output and through ``merge``."""
-    counts = partials.group_by(ROUTE).agg(pl.len().cast(pl.Int64).alias(salting.COUNT))
-    [found] = salting.known_keys([counts], floor=salting.floor_share(salting.HOT_SHARE, buckets))
+    counts = partials.group_by(ROUTE).agg(pl.len().cast(pl.Int64).alias(salting.COUNT),
+                                          pl.lit(partials.height, pl.Int64).alias(salting.SAMPLED))
+    found = salting.known_keys([counts], floor=salting.floor_share(salting.HOT_SHARE, buckets))
     _, routing = salting.route_plan(found, ROUTE, name="gold.user_totals", buckets=buckets,
                                     total_rows=partials.height, hot_share=salting.HOT_SHARE, forced=None,
                                     can_salt=True, salt_by=salt_by)
