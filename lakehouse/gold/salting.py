@@ -118,11 +118,19 @@ class Routing:
         return bool(self.keys.get_column(SALTED).any())
 
 
+@dataclass(frozen=True)
+class KeyCounts:
+    """What one count task found: its heavy keys (the routing columns and ``COUNT``) among the ``rows`` it read."""
+
+    keys: pl.DataFrame
+    rows: int
+
+
 def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[str], floor: float,
-               touched: Any = None) -> list[pl.DataFrame]:
-    """The keys (values of ``columns``) above half of ``floor`` of the item's rows, with their rows and the item's
-    rows (``SAMPLED``): a worker reads only those columns, and only the ``touched`` keys' rows when a MERGE rebuilds
-    just them. A key above ``floor`` of all rows is above it in at least one item, so :func:`known_keys` finds it."""
+               touched: Any = None) -> list[KeyCounts]:
+    """The keys (values of ``columns``) above half of ``floor`` of the item's rows, with their rows: a worker reads
+    only those columns, and only the ``touched`` keys' rows when a MERGE rebuilds just them. A key above ``floor`` of
+    all rows is above it in at least one item, so :func:`known_keys` finds it."""
     from lakehouse import engine
 
     keys: pl.DataFrame | None = engine.fetch(touched) if touched is not None else None
@@ -136,18 +144,18 @@ def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[
         return []
     counts = pl.concat(frames).group_by(columns).agg(pl.col(COUNT).sum())
     rows = int(counts.get_column(COUNT).sum() or 0)
-    return [counts.filter(pl.col(COUNT) > floor / 2 * rows).with_columns(pl.lit(rows, pl.Int64).alias(SAMPLED))]
+    return [KeyCounts(counts.filter(pl.col(COUNT) > floor / 2 * rows), rows)]
 
 
-def known_keys(counts: list[pl.DataFrame], *, floor: float, limit: int = MAX_KNOWN) -> pl.DataFrame:
-    """The keys above ``floor`` of every counted row (from :func:`count_task`'s frames, a few hundred rows each),
+def known_keys(counts: list[KeyCounts], *, floor: float, limit: int = MAX_KNOWN) -> pl.DataFrame:
+    """The keys above ``floor`` of every counted row (from :func:`count_task`'s reports, a few hundred keys each),
     heaviest first (at most ``limit``), with the number of rows counted (``SAMPLED``). A key's rows are summed over
     the items that returned it: a lower bound."""
-    counts = [c for c in counts if c.height]
-    if not counts:
+    rows = sum(c.rows for c in counts)
+    frames = [c.keys for c in counts if c.keys.height]
+    if not frames:
         return pl.DataFrame()
-    rows = sum(int(c.get_column(SAMPLED)[0]) for c in counts)
-    total = pl.concat([c.drop(SAMPLED) for c in counts]).group_by(pl.exclude(COUNT)).agg(pl.col(COUNT).sum())
+    total = pl.concat(frames).group_by(pl.exclude(COUNT)).agg(pl.col(COUNT).sum())
     known = total.filter(pl.col(COUNT) > floor * rows).sort(COUNT, descending=True).head(limit)
     return known.with_columns(pl.lit(rows, pl.Int64).alias(SAMPLED))
 

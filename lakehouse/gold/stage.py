@@ -424,9 +424,8 @@ def _hot_keys(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, mai
             counts[value] = counts.get(value, 0) + f.rows
         frame = pl.DataFrame({route[0]: list(counts), salting.COUNT: list(counts.values())},
                              schema={route[0]: pl.String, salting.COUNT: pl.Int64})
-        frame = frame.with_columns(pl.col(route[0]).cast(source.schema[route[0]]),
-                                   pl.lit(sum(counts.values()), pl.Int64).alias(salting.SAMPLED))
-        found = salting.known_keys([frame], floor=floor)
+        frame = frame.with_columns(pl.col(route[0]).cast(source.schema[route[0]]))
+        found = salting.known_keys([salting.KeyCounts(frame, sum(counts.values()))], floor=floor)
     else:
         # a column or two of each file: a task per CPU, not per file, or starting tasks costs more than the reading;
         # each returns only its heavy keys (hundreds of rows), so no reduce step is needed

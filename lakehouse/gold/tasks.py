@@ -372,6 +372,8 @@ def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, looku
     load = Finished(item["bucket"], 0, 0)
     if files:
         partials = read_files(storage, staging, files)
+        for name in item.get("lookups", {}):
+            _same_hash(lookups[name], partials.schema.get(route[0]), out)
         load = Finished(item["bucket"], partials.height, int(partials.estimated_size()))
         result = call(plan.final, partials, lookups, storage, out)
         del partials
@@ -400,6 +402,17 @@ def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, looku
     if salted is not None:  # the merge step answers for them
         gone = gone.join(salted, on=keys, how="anti", nulls_equal=True)
     return reports + _merge_source(storage, out, df, gone, merge_rel, f"merge-{item['bucket']}")
+
+
+def _same_hash(lk: LookupInput, dtype: Any, out: Output) -> None:
+    """A lookup split by the hash of its key is joined right only if the partial rows' column hashes alike: the same
+    type, or integers of any width (see :func:`bucket_of`)."""
+    key = lk.table.schema.get(lk.lookup.key or "")
+    if dtype is None or key is None or dtype == key or (dtype.is_integer() and key.is_integer()):
+        return
+    raise TransformError(f"lookup {lk.name!r} is joined by hash on {lk.lookup.key} ({key}), but the partial rows' "
+                         f"{lk.lookup.by_column} is {dtype}: cast one to the other's type", table=out.name,
+                         column=lk.lookup.by_column)
 
 
 def _bucket_rows(storage: Storage, lk: LookupInput, paths: list[str]) -> pl.DataFrame:

@@ -41,9 +41,9 @@ def _partials(seed: int, rows: int, hot_share: float, users: int) -> pl.DataFram
 def _salted(partials: pl.DataFrame, buckets: int, salt_by: tuple[str, ...]) -> tuple[pl.DataFrame, salting.Routing]:
     """The final step as the engine runs it: route every partial row (placed, salted or hashed), ``final`` per task,
     the salted keys' rows out of each task's output and through ``merge``."""
-    counts = partials.group_by(ROUTE).agg(pl.len().cast(pl.Int64).alias(salting.COUNT),
-                                          pl.lit(partials.height, pl.Int64).alias(salting.SAMPLED))
-    found = salting.known_keys([counts], floor=salting.floor_share(salting.HOT_SHARE, buckets))
+    counts = partials.group_by(ROUTE).agg(pl.len().cast(pl.Int64).alias(salting.COUNT))
+    found = salting.known_keys([salting.KeyCounts(counts, partials.height)],
+                               floor=salting.floor_share(salting.HOT_SHARE, buckets))
     _, routing = salting.route_plan(found, ROUTE, name="gold.user_totals", buckets=buckets,
                                     total_rows=partials.height, hot_share=salting.HOT_SHARE, forced=None,
                                     can_salt=True, salt_by=salt_by)
@@ -142,3 +142,16 @@ def test_a_lookup_s_rows_go_to_each_task_of_a_salted_key_and_hash_as_the_partial
     assert hot.height == len(routing.keys.filter(pl.col("user_id") == 7).get_column(salting.BUCKETS)[0].unique()) > 1
     salted = routing.keys.filter(pl.col(salting.SALTED)).get_column("user_id").to_list()
     assert split.filter(~pl.col("user_id").is_in(salted)).get_column("user_id").is_unique().all()
+
+
+def test_heavy_keys_are_found_from_each_task_s_counts_and_every_row_counted() -> None:
+    # given: three count tasks; the second found no heavy key among its 9,000 rows
+    counts = [salting.KeyCounts(pl.DataFrame({"user_id": [7, 8], salting.COUNT: [600, 50]}), 1_000),
+              salting.KeyCounts(pl.DataFrame(schema={"user_id": pl.Int64, salting.COUNT: pl.Int64}), 9_000),
+              salting.KeyCounts(pl.DataFrame({"user_id": [7], salting.COUNT: [400]}), 1_000)]
+
+    # when
+    found = salting.known_keys(counts, floor=0.02)
+
+    # then: the shares are of all 11,000 rows: user 7 (1,000 rows) is found, user 8 (50) is below 2%
+    assert found.select("user_id", salting.COUNT, salting.SAMPLED).rows() == [(7, 1_000, 11_000)]
