@@ -1,13 +1,13 @@
 """Benchmark: a hot key in the final step of an aggregate, salted against plain hashing, in the same process.
 
-The events example with one user owning ``--skew`` of the events (30%) besides the Zipf tail of the others; the gold
+The events example with one user owning 30% of the events (``--skews``) besides the Zipf tail of the others; the gold
 table ``user_totals`` (per user: events, distinct sessions, spend; salted by session) is rebuilt from its silver
 input with its final step spread over 8 and 16 tasks (``final_task_rows``), salted (the default) and with salting
 off (``salts = 0``: plain hashing, hot keys still counted and recorded) and with detection off too (``salts = 0``
 and ``hot_key_share = 1``: no count pass), alternately, ``--repeats`` times each. Then the same without the hot user
 (the Zipf tail only), where salting should cost nothing.
 
-    python bench/skew.py [--days 14] [--users 20000] [--events-per-day 100000] [--repeats 3]
+    python bench/skew.py [--days 14] [--users 20000] [--events-per-day 100000] [--repeats 3] [--skews 0.3 0]
 
 Two cores hide skew in wall time, so the balance is measured per task: max/mean partial rows per final task, and the
 largest task's bytes held (Polars' estimate of the partial rows it finishes) against the median task's. Wall time is
@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--events-per-day", type=int, default=100_000)
-    parser.add_argument("--skew", type=float, default=0.3)
+    parser.add_argument("--skews", type=float, nargs="+", default=[0.3, 0.0],
+                        help="the hot user's share in each dataset (0: the Zipf tail only)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.getLogger("lakehouse").setLevel(logging.WARNING)
@@ -98,7 +99,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-skew-"))
     try:
         with engine.ray_session(ray):
-            for skew in (args.skew, None):
+            for skew in [s or None for s in args.skews]:
                 root = work / f"skew-{skew}"
                 began = time.monotonic()
                 generate(Storage(str(root)), days=args.days, users=args.users, events_per_day=args.events_per_day,
