@@ -4,9 +4,11 @@ result against the table's model and writes it. Each task returns typed reports 
 
 * :func:`partition_task` (``per_partition``): one output partition from one partition (or window) of the input.
 * :func:`partial_task` (``aggregate``): the partial aggregate of one input file, staged in hash buckets of the
-  routing columns (the output's partition column, or ``by``).
+  routing columns (the output's partition column, or ``by``), heavy keys where :mod:`.salting` places them.
 * :func:`final_task` (``aggregate``): one bucket's partials through ``final``, written to the table, or staged as
-  the source of a MERGE on the table's keys (with deletes for the keys that no longer have a row).
+  the source of a MERGE on the table's keys (with deletes for the keys that no longer have a row); the salted keys'
+  rows go to :func:`merge_slices`, the final tasks' reduce.
+* :func:`split_lookup`: a lookup of ``final`` too large to broadcast, split by final bucket (a hash join).
 """
 
 from __future__ import annotations
