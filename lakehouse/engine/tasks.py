@@ -77,11 +77,21 @@ def _run_groups(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kw
     kwargs = ray.put(fn_kwargs or {})
     refs: list[Any] = []
     running: list[Any] = []  # what is waited on: the result, or with ``keep`` a marker returned beside it
+    values: dict[Any, Any] = {}  # what finished tasks returned (reports, or markers), by what was waited on
     failed: BaseException | None = None
+
+    def finish_one() -> BaseException | None:
+        nonlocal running
+        ready, running = ray.wait(running, num_returns=1)
+        try:
+            values[ready[0]] = ray.get(ready[0])  # small: reports, or a marker
+            return None
+        except Exception as e:  # Ray wraps worker errors; _raise surfaces ours
+            return e
+
     for group in groups:
         while len(running) >= cpus and failed is None:
-            ready, running = ray.wait(running, num_returns=1)
-            failed = _error_of(ready[0])
+            failed = finish_one()
         if failed is not None:
             break
         if keep:
@@ -91,24 +101,12 @@ def _run_groups(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kw
         refs.append(ref)
         running.append(marker)
     while running and failed is None:
-        ready, running = ray.wait(running, num_returns=1)
-        failed = _error_of(ready[0])
+        failed = finish_one()
     if failed is not None:
         if running:
             ray.wait(running, num_returns=len(running))
         _raise(failed)
-    return refs if keep else list(ray.get(refs))
-
-
-def _error_of(ref: Any) -> BaseException | None:
-    """The error a finished task raised, if any (what it returned is small: reports, or a marker)."""
-    import ray
-
-    try:
-        ray.get(ref)
-        return None
-    except Exception as e:  # Ray wraps worker errors; the caller surfaces ours
-        return e
+    return refs if keep else [values[r] for r in refs]
 
 
 def _wait_all(refs: list[Any]) -> list[Any]:

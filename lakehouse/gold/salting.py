@@ -231,15 +231,21 @@ def assign(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: st
     columns)."""
     if routing is None:
         return df.with_columns(plain.alias(column))
-    route = list(routing.route)
-    keys = routing.keys.select(*route, BUCKETS).with_columns(
-        pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
     by = [c for c in routing.salt_by if c in df.columns] or [c for c in df.columns if c != column]
     salt = (pl.struct([pl.col(c) for c in by]).hash(seed=7) % pl.col(BUCKETS).list.len().cast(pl.UInt64))
-    joined = df.join(keys, on=route, how="left", nulls_equal=True, maintain_order="left")
+    joined = _with_tasks(df, routing, routing.keys.select(*routing.route, BUCKETS))
     chosen = pl.col(BUCKETS).list.get(salt.cast(pl.Int64))
     return joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(chosen).otherwise(plain)
                                .cast(pl.Int64).alias(column)).drop(BUCKETS)
+
+
+def _with_tasks(df: pl.DataFrame, routing: Routing, keys: pl.DataFrame, how: Any = "left") -> pl.DataFrame:
+    """``df`` joined with (some of) the routing's ``keys`` on the routing columns, cast to ``df``'s types."""
+    route = list(routing.route)
+    keys = keys.with_columns(pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
+    if how == "semi":
+        return df.join(keys, on=route, how="semi", nulls_equal=True)
+    return df.join(keys, on=route, how="left", nulls_equal=True, maintain_order="left")
 
 
 def replicate(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: str) -> pl.DataFrame:
@@ -247,11 +253,7 @@ def replicate(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column:
     :func:`assign`, except that a salted key's rows go to every task holding one of its slices (a row each)."""
     if routing is None:
         return df.with_columns(plain.alias(column))
-    route = list(routing.route)
-    keys = routing.keys.select(*route, BUCKETS).with_columns(
-        pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
-    joined = df.with_columns(plain.alias(column)).join(keys, on=route, how="left", nulls_equal=True,
-                                                       maintain_order="left")
+    joined = _with_tasks(df.with_columns(plain.alias(column)), routing, routing.keys.select(*routing.route, BUCKETS))
     joined = joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(pl.col(BUCKETS).list.unique())
                                  .otherwise(pl.concat_list(pl.col(column))).alias(BUCKETS))
     return joined.drop(column).explode(BUCKETS).rename({BUCKETS: column}).with_columns(pl.col(column).cast(pl.Int64))
@@ -265,8 +267,7 @@ def hot_rows(df: pl.DataFrame, routing: Routing | None) -> dict[str, int]:
     hot = routing.keys.filter(pl.col(HOT)).select(route)
     if not hot.height:
         return {}
-    hot = hot.with_columns(pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
-    counted = df.join(hot, on=route, how="semi", nulls_equal=True).group_by(route).len()
+    counted = _with_tasks(df, routing, hot, how="semi").group_by(route).len()
     return {json.dumps([row[c] for c in route], default=str): int(row["len"])
             for row in counted.iter_rows(named=True)}
 
