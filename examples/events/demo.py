@@ -1,10 +1,10 @@
 """Demo data for the events example: a day of web events per folder (NDJSON), a users dimension (CSV) and a
 products dimension (Parquet), landed the way a collector and two exports would land them.
 
-Events per user are heavy-tailed (a Zipf law over the users, so a few users own a large share); with ``skew``
-one user owns that share of the events besides (and as many more sessions: a session is ten of a user's events in
-a day). About one event in twenty arrives a day late, in the next day's folder. Landing is idempotent: a file
-already there is left alone (landed files are never modified).
+Events per user are heavy-tailed (a Zipf law over the users, so a few users own a large share; ``zipf=0`` spreads
+them evenly: data with no skew at all); with ``skew`` one user owns that share of the events besides (and as many
+more sessions: a session is ten of a user's events in a day). About one event in twenty arrives a day late, in the
+next day's folder. Landing is idempotent: a file already there is left alone (landed files are never modified).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def generate(
     products: int = 200,
     start: str = "2026-03-01",
     skew: float | None = None,
+    zipf: float = ZIPF,
     seed: int = 0,
 ) -> Landed:
     """Land ``days`` days of events from ``start`` under ``raw/events/<day>/``, and the dimensions."""
@@ -44,7 +45,7 @@ def generate(
         raise ConfigError(f"skew is the share of events one user owns, between 0 and 1 (not {skew})")
     rng = random.Random(seed)
     first = dt.date.fromisoformat(start)
-    weights = [1 / (i + 1) ** ZIPF for i in range(users)]
+    weights = [1 / (i + 1) ** zipf for i in range(users)]
     ids = list(range(1, users + 1))
     rng.shuffle(ids)  # the heaviest users are not the first ids
     catalog = [{"product_id": p, "name": f"product {p}", "category": rng.choice(CATEGORIES),

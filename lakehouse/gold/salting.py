@@ -24,7 +24,9 @@ number of final tasks stays what the rows ask for (``Settings.final_task_rows``)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -56,12 +58,17 @@ HOT_SHARE = 0.02
 PLACED = 0.02
 MAX_KNOWN = 4096
 MAX_SALTS = 64
-SAMPLE_ROWS = 10_000_000
+# A 2% key is 40,000 rows of such a sample, its share known within a few percent of itself; a key worth placing among
+# 64 tasks (PLACED / 64 of the rows) is 600. Reading more only makes the count pass cost more.
+SAMPLE_ROWS = 2_000_000
 COUNT = "__rows"
 SAMPLED = "__sampled"
 BUCKETS = "__buckets"
 SALTED = "__salted"
 HOT = "__hot"
+FIRST = "__first"
+SLICES = "__slices"
+INDEX = "__index"
 
 
 @dataclass
@@ -117,6 +124,19 @@ class Routing:
     def any_salted(self) -> bool:
         return bool(self.keys.get_column(SALTED).any())
 
+    @functools.cached_property
+    def slots(self) -> tuple[pl.DataFrame, list[int], list[str]]:
+        """The keys as :func:`assign_counting` joins them: the routing columns, where their tasks start in the flat
+        list of tasks (``FIRST``) and how many (``SLICES``), their index and whether they are hot; that list; and each
+        key's :attr:`HotKey.key`, by index."""
+        lists = self.keys.get_column(BUCKETS).to_list()
+        first = list(itertools.accumulate((len(t) for t in lists[:-1]), initial=0))
+        slots = self.keys.select(*self.route, HOT).with_columns(
+            pl.Series(FIRST, first, pl.Int64), pl.Series(SLICES, [len(t) for t in lists], pl.UInt64),
+            pl.Series(INDEX, range(len(lists)), pl.Int64))
+        labels = [json.dumps(list(row), default=str) for row in self.keys.select(self.route).iter_rows()]
+        return slots, [b for t in lists for b in t], labels
+
 
 @dataclass(frozen=True)
 class KeyCounts:
@@ -133,18 +153,15 @@ def count_task(item: dict[str, Any], *, storage: Any, table: Any, columns: list[
     all rows is above it in at least one item, so :func:`known_keys` finds it."""
     from lakehouse import engine
 
-    keys: pl.DataFrame | None = engine.fetch(touched) if touched is not None else None
-    frames = []
-    for f in item["files"]:
-        df = table.read(storage, [f], columns)
-        if keys is not None:
-            df = df.join(keys, on=list(keys.columns), how="semi", nulls_equal=True)
-        frames.append(df.group_by(columns).agg(pl.len().cast(pl.Int64).alias(COUNT)))
-    if not frames:
+    if not item["files"]:
         return []
-    counts = pl.concat(frames).group_by(columns).agg(pl.col(COUNT).sum())
-    rows = int(counts.get_column(COUNT).sum() or 0)
-    return [KeyCounts(counts.filter(pl.col(COUNT) > floor / 2 * rows), rows)]
+    # one read and one group-by for the task's files (per file, the group-bys cost three times the reading)
+    df = table.read(storage, item["files"], columns)
+    if touched is not None:
+        keys: pl.DataFrame = engine.fetch(touched)
+        df = df.join(keys, on=list(keys.columns), how="semi", nulls_equal=True)
+    counts = df.group_by(columns).agg(pl.len().cast(pl.Int64).alias(COUNT))
+    return [KeyCounts(counts.filter(pl.col(COUNT) > floor / 2 * df.height), df.height)]
 
 
 def known_keys(counts: list[KeyCounts], *, floor: float, limit: int = MAX_KNOWN) -> pl.DataFrame:
@@ -229,23 +246,35 @@ def assign(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: st
     """``df`` with its final task in ``column``: for a placed key's rows the task it was given (for a salted key's,
     one of its slices' by a hash of the ``salt_by`` columns), for the others ``plain`` (a hash of the routing
     columns)."""
+    return assign_counting(df, routing, plain, column)[0]
+
+
+def assign_counting(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr,
+                    column: str) -> tuple[pl.DataFrame, dict[str, int]]:
+    """:func:`assign`, and the rows of each hot key in ``df`` (by :attr:`HotKey.key`, for the record) counted in the
+    same pass. A partial task pays this on every file, so it is one join with the keys' slots (:attr:`Routing.slots`)
+    and no list column: a key's task is ``tasks[first + salt % slices]``, or ``plain`` for a key not placed."""
     if routing is None:
-        return df.with_columns(plain.alias(column))
-    by = [c for c in routing.salt_by if c in df.columns] or [c for c in df.columns if c != column]
-    salt = (pl.struct([pl.col(c) for c in by]).hash(seed=7) % pl.col(BUCKETS).list.len().cast(pl.UInt64))
-    joined = _with_tasks(df, routing, routing.keys.select(*routing.route, BUCKETS))
-    chosen = pl.col(BUCKETS).list.get(salt.cast(pl.Int64))
-    return joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(chosen).otherwise(plain)
-                               .cast(pl.Int64).alias(column)).drop(BUCKETS)
-
-
-def _with_tasks(df: pl.DataFrame, routing: Routing, keys: pl.DataFrame, how: Any = "left") -> pl.DataFrame:
-    """``df`` joined with (some of) the routing's ``keys`` on the routing columns, cast to ``df``'s types."""
+        return df.with_columns(plain.alias(column)), {}
     route = list(routing.route)
-    keys = keys.with_columns(pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
-    if how == "semi":
-        return df.join(keys, on=route, how="semi", nulls_equal=True)
-    return df.join(keys, on=route, how="left", nulls_equal=True, maintain_order="left")
+    slots, tasks, labels = routing.slots
+    by = [c for c in routing.salt_by if c in df.columns] or list(df.columns)
+    salt = pl.col(by[0]).hash(seed=7) if len(by) == 1 else pl.struct([pl.col(c) for c in by]).hash(seed=7)
+    slot = pl.col(FIRST) + (salt % pl.col(SLICES)).cast(pl.Int64)
+    joined = df.join(slots.with_columns(pl.col(c).cast(df.schema[c], strict=False) for c in route),
+                     on=route, how="left", nulls_equal=True, maintain_order="left")
+    joined = joined.with_columns(pl.coalesce(slot.replace_strict(list(range(len(tasks))), tasks, default=None,
+                                                                 return_dtype=pl.Int64), plain).alias(column))
+    hot = joined.get_column(INDEX).filter(joined.get_column(HOT).fill_null(False)).value_counts()
+    counted = {labels[i]: int(n) for i, n in hot.iter_rows()}
+    return joined.drop(FIRST, SLICES, INDEX, HOT), counted
+
+
+def _keys_for(df: pl.DataFrame, routing: Routing, *columns: str) -> pl.DataFrame:
+    """The routing's keys with ``columns``, their routing columns cast to ``df``'s types (to be joined with it)."""
+    route = list(routing.route)
+    return routing.keys.select(*route, *columns).with_columns(
+        pl.col(c).cast(df.schema[c], strict=False) for c in route if c in df.schema)
 
 
 def replicate(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column: str) -> pl.DataFrame:
@@ -253,23 +282,11 @@ def replicate(df: pl.DataFrame, routing: Routing | None, plain: pl.Expr, column:
     :func:`assign`, except that a salted key's rows go to every task holding one of its slices (a row each)."""
     if routing is None:
         return df.with_columns(plain.alias(column))
-    joined = _with_tasks(df.with_columns(plain.alias(column)), routing, routing.keys.select(*routing.route, BUCKETS))
+    joined = df.with_columns(plain.alias(column)).join(_keys_for(df, routing, BUCKETS), on=list(routing.route),
+                                                       how="left", nulls_equal=True, maintain_order="left")
     joined = joined.with_columns(pl.when(pl.col(BUCKETS).is_not_null()).then(pl.col(BUCKETS).list.unique())
                                  .otherwise(pl.concat_list(pl.col(column))).alias(BUCKETS))
     return joined.drop(column).explode(BUCKETS).rename({BUCKETS: column}).with_columns(pl.col(column).cast(pl.Int64))
-
-
-def hot_rows(df: pl.DataFrame, routing: Routing | None) -> dict[str, int]:
-    """Partial rows per hot key in ``df`` (by :attr:`HotKey.key`), for the record."""
-    if routing is None or not df.height:
-        return {}
-    route = list(routing.route)
-    hot = routing.keys.filter(pl.col(HOT)).select(route)
-    if not hot.height:
-        return {}
-    counted = _with_tasks(df, routing, hot, how="semi").group_by(route).len()
-    return {json.dumps([row[c] for c in route], default=str): int(row["len"])
-            for row in counted.iter_rows(named=True)}
 
 
 def record(storage: Any, run_id: str, hot: list[HotKey]) -> None:

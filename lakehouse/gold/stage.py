@@ -305,10 +305,11 @@ def _aggregate(ctx: RunContext, pipeline: Pipeline, spec: Gold, p: Aggregate, in
         else:
             touched = engine.broadcast(tasks.distinct_keys, storage, source_table(pipeline, main),
                                        items([*added, *removed]), list(p.by))
-    hot, routing = _hot_keys(ctx, pipeline, spec, p, main, scanned, route, buckets, touched)
-    hot_rows: dict[str, int] = {}
+    # broadcast lookups are read on workers while the hot keys are counted
     shared = {name: _place(ctx, pipeline, name, lk, ins[lk.input])
               for name, lk in p.lookups.items() if name != p.through} if scanned else {}
+    hot, routing = _hot_keys(ctx, pipeline, spec, p, main, scanned, route, buckets, touched)
+    hot_rows: dict[str, int] = {}
     at_final, by_bucket_of = _co_partition(ctx, p, shared, route, buckets, routing, touched, staging)
     adds: list[DataFile] = []
     merge_source: list[DataFile] = []

@@ -337,9 +337,16 @@ def partial_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, sou
         if missing:
             raise TransformError(f"the partial rows of {plan.partial.__qualname__} lack column {missing[0]!r}, by "
                                  "which a hot key's rows are salted (salt_by)", table=out.name, column=missing[0])
-    staged: list[Report] = [HotRows(k, n) for k, n in salting.hot_rows(partials, routing).items()]
     dtypes = engine.fetch(touched).schema if touched is not None else None
-    for b, part in _buckets(partials, route, buckets, dtypes, routing):
+    hot: dict[str, int] = {}
+    if buckets == 1:
+        parts = [(0, partials)]
+    else:
+        hashed, hot = salting.assign_counting(partials, routing, bucket_of(route, buckets, dtypes or partials.schema),
+                                              BUCKET)
+        parts = [(int(b), part) for (b,), part in hashed.partition_by(BUCKET, as_dict=True, include_key=False).items()]
+    staged: list[Report] = [HotRows(k, n) for k, n in hot.items()]
+    for b, part in parts:
         f = write_data_file(storage, staging, part.to_arrow(), prefix=f"b{b}", stats=False)
         staged.append(Staged(b, f))
     return staged
@@ -351,14 +358,6 @@ def bucket_of(route: list[str], buckets: int, dtypes: Any) -> pl.Expr:
     that a lookup's key hashes as the partial rows' column it is joined to, whatever their widths."""
     cols = [pl.col(c).cast(pl.Int64 if dtypes[c].is_integer() else dtypes[c]) for c in route]
     return (pl.struct(cols).hash(seed=0) % buckets).cast(pl.Int64)
-
-
-def _buckets(df: pl.DataFrame, route: list[str], buckets: int, dtypes: Any = None,
-             routing: salting.Routing | None = None) -> list[tuple[int, pl.DataFrame]]:
-    if buckets == 1:
-        return [(0, df)]
-    hashed = salting.assign(df, routing, bucket_of(route, buckets, dtypes or df.schema), BUCKET)
-    return [(int(b), part) for (b,), part in hashed.partition_by(BUCKET, as_dict=True, include_key=False).items()]
 
 
 def final_task(item: dict[str, Any], *, storage: Storage, plan: Aggregate, lookups: dict[str, LookupInput],

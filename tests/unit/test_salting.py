@@ -155,3 +155,19 @@ def test_heavy_keys_are_found_from_each_task_s_counts_and_every_row_counted() ->
 
     # then: the shares are of all 11,000 rows: user 7 (1,000 rows) is found, user 8 (50) is below 2%
     assert found.select("user_id", salting.COUNT, salting.SAMPLED).rows() == [(7, 1_000, 11_000)]
+
+
+def test_the_count_reads_files_taken_evenly_up_to_the_sample_s_rows() -> None:
+    from types import SimpleNamespace
+
+    # given: 30 days of 200,000 rows each (6M rows)
+    files = [SimpleNamespace(rows=200_000, day=d) for d in range(30)]
+
+    # when
+    few = salting.sample(files[:8])
+    many = salting.sample(files)
+
+    # then: below the sample's 2M rows every file; above, every third day (2M rows) across the whole range
+    assert few == files[:8]
+    assert [f.day for f in many] == list(range(0, 30, 3))
+    assert sum(f.rows for f in many) == salting.SAMPLE_ROWS
