@@ -24,6 +24,8 @@ class RaySettings:
     num_cpus: int = 2
     object_store_bytes: int = 1 << 30
     temp_dir: str | None = None
+    # Seconds to wait for a cluster at ``address`` to answer before the run fails naming it (Ray retries forever).
+    connect_timeout: float = 30.0
     # Directories the workers import from (the project's), besides what Ray gives them (the working directory).
     code_paths: tuple[str, ...] = ()
 
@@ -129,6 +131,7 @@ def settings_from_env(
         object_store_bytes=int(env.get("LAKEHOUSE_RAY_OBJECT_STORE_BYTES") or
                                ray_values.get("object_store_bytes", 1 << 30)),
         temp_dir=env.get("LAKEHOUSE_RAY_TEMP_DIR") or ray_values.get("temp_dir") or None,
+        connect_timeout=float(env.get("LAKEHOUSE_RAY_CONNECT_TIMEOUT") or ray_values.get("connect_timeout", 30.0)),
         # Ray workers import the project's pipeline and models as this process does
         code_paths=tuple(p for p in [str(project_dir or ""), *env.get("PYTHONPATH", "").split(os.pathsep)] if p)
         if project_dir else (),
@@ -178,7 +181,7 @@ def _config_values(config: Mapping[str, Any], project_dir: Path | None) -> tuple
         values[key] = _setting(key, value, f"{where}: settings.{key}")
     ray = _table(config.get("ray", {}), where, "ray")
     for key in ray:
-        if key not in ("address", "num_cpus", "object_store_bytes", "temp_dir"):
+        if key not in ("address", "num_cpus", "object_store_bytes", "temp_dir", "connect_timeout"):
             raise ConfigError(f"{where}: unknown key ray.{key}")
     return values, dict(ray), str(config.get("root") or "")
 

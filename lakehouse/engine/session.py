@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -64,8 +65,14 @@ def ensure_ray() -> None:
 
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(settings.code_paths)}} if settings.code_paths else None
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env=runtime_env)
+        _answers(settings.address, settings.connect_timeout)
+        try:
+            ray.init(address=settings.address, log_to_driver=False, logging_level=logging.WARNING,
+                     runtime_env=runtime_env)
+        except ConnectionError as e:  # something answered, but not a Ray cluster Ray could join
+            raise ConfigError(f"cannot join the Ray cluster at {settings.address} (RAY_ADDRESS, or address in [ray] of "
+                              f"lakehouse.toml): {e}. Check that it is a Ray cluster's address, of the Ray version "
+                              "installed here") from e
     else:
         temp_dir = settings.temp_dir or os.path.join(tempfile.gettempdir(), f"lakehouse-ray-{os.getpid()}")
         ray.init(
@@ -81,6 +88,30 @@ def ensure_ray() -> None:
         )
     _session["started"] = True
     _session["start_seconds"] += time.monotonic() - began
+
+
+def _answers(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` seconds, naming ``address``, when nothing accepts a connection there: ``ray.init``
+    itself retries an absent cluster forever ("Failed to connect to GCS ... within 5 seconds", over and over). The
+    address is a cluster's GCS (``host:6379``) or, with ``ray://``, its Ray Client server (``host:10001``); ``auto``
+    (the cluster this machine runs) is left to Ray."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if target in ("auto", "local") or not host or not port.isdigit():
+        return
+    began = time.monotonic()
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        waited = time.monotonic() - began
+        why = "nothing answered" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
+        port_is = "its Ray Client port (10001)" if address.startswith("ray://") else "its GCS port (6379 by default)"
+        raise ConfigError(
+            f"no Ray cluster answers at {address} (RAY_ADDRESS, or address in [ray] of lakehouse.toml): {why} after "
+            f"{waited:.0f} s. Check that the cluster is up there (`ray status` on its head), that the port is "
+            f"{port_is} and that no firewall is in between; unset RAY_ADDRESS to run on a local Ray. (The wait is "
+            f"connect_timeout in [ray], or LAKEHOUSE_RAY_CONNECT_TIMEOUT: {timeout:g} s.)") from e
 
 
 def start_seconds() -> float:

@@ -54,8 +54,11 @@ def test_ray_settings_from_the_environment() -> None:
         "LAKEHOUSE_RAY_CPUS": "8",
         "LAKEHOUSE_RAY_OBJECT_STORE_BYTES": "123456789",
         "LAKEHOUSE_RAY_TEMP_DIR": "/tmp/r",
+        "LAKEHOUSE_RAY_CONNECT_TIMEOUT": "45",
     }
-    assert settings_from_env("/l", env=env).ray == RaySettings("ray://head:10001", 8, 123456789, "/tmp/r")
+    assert settings_from_env("/l", env=env).ray == RaySettings("ray://head:10001", 8, 123456789, "/tmp/r",
+                                                              connect_timeout=45.0)
+    assert settings_from_env("/l", env={}).ray.connect_timeout == 30.0
     assert settings_from_env("/l", env={"RAY_ADDRESS": ""}).ray.address is None
 
 
