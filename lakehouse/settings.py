@@ -63,6 +63,9 @@ class Settings:
     # Files no version refers to are deleted once older than this (longer than the longest run: a younger one may
     # belong to a run that has not committed yet); see maintenance.sweep.
     orphan_retention_seconds: float = 24 * 3600.0
+    # Seconds for the S3 endpoint of an s3:// root (AWS_ENDPOINT_URL) to answer when a run starts, before it fails
+    # naming the endpoint (the S3 clients alone retry a silent endpoint for minutes).
+    storage_timeout: float = 30.0
     # Late data, per time-partitioned silver table ("*" for all), over the pipeline's Silver.lookback: a landed row
     # for a partition more than N periods (days, months or years: the table's grain) before the table's newest goes
     # to quarantine (check late_arrival) instead of rewriting that closed partition; a backfill of its month takes it
@@ -232,14 +235,14 @@ def _setting(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where} must be a whole number of rows, not {value!r}")
         return value
-    if key == "orphan_retention_seconds":
+    if key in ("orphan_retention_seconds", "storage_timeout"):
         if not number(value):
             raise ConfigError(f"{where} must be a number of seconds")
         return float(value)
     raise ConfigError(f"{where}: unknown setting (known: lookback, max_quarantined_share, freshness_days, "
                       "max_ingest_lag_seconds, batch_rows, check_actions, new_columns, expect_delivery, bad_files, "
                       "target_file_rows, broadcast_max_rows, final_task_rows, hot_key_share, salts, "
-                      "orphan_retention_seconds)")
+                      "orphan_retention_seconds, storage_timeout)")
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -279,6 +282,11 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
     if env.get("LAKEHOUSE_SALTS"):  # "user_totals=0" (off) or "*=8"
         salts = _pairs("LAKEHOUSE_SALTS", env["LAKEHOUSE_SALTS"], lambda v: v.isdigit() and int(v) <= 64)
         values["salts"] = {k: int(v) for k, v in salts.items()}
+    if env.get("LAKEHOUSE_STORAGE_TIMEOUT"):  # seconds
+        if not _is_number(env["LAKEHOUSE_STORAGE_TIMEOUT"]):
+            raise ConfigError(f"LAKEHOUSE_STORAGE_TIMEOUT must be a number of seconds, not "
+                              f"{env['LAKEHOUSE_STORAGE_TIMEOUT']!r}")
+        values["storage_timeout"] = float(env["LAKEHOUSE_STORAGE_TIMEOUT"])
     if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
         values["new_columns"] = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"],
                                        lambda v: v in ("evolve", "fail"))

@@ -45,6 +45,9 @@ class RunContext:
         months: tuple[str, str] | None = None,
         logical_date: dt.date | None = None,
     ) -> RunContext:
+        """A run's context, as it starts: an S3 root whose endpoint does not answer fails here, within the settings'
+        ``storage_timeout``, rather than in the first stage after the S3 clients' minutes of retries."""
+        Storage.from_settings(settings).check_answers(settings.storage_timeout)
         now = dt.datetime.now(dt.UTC)
         return cls(settings=settings, run_id=run_id or new_run_id(now), started_at=now, full_refresh=full_refresh,
                    months=months, logical_date=logical_date)

@@ -8,12 +8,17 @@ workers; the filesystem is built lazily in each process.
 from __future__ import annotations
 
 import functools
+import http.client
 import posixpath
+import ssl
+import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from lakehouse.errors import ConfigError
 from lakehouse.settings import Settings
 
 
@@ -49,6 +54,34 @@ class Storage:
         """Path of a relative path inside :meth:`filesystem` (no scheme)."""
         base = self.root[len("s3://") :] if self.is_s3 else self.root
         return posixpath.join(base, rel) if rel else base
+
+    def check_answers(self, timeout: float) -> None:
+        """For an S3 root at an explicit endpoint (``AWS_ENDPOINT_URL``), fail within ``timeout`` seconds, naming the
+        endpoint, when it does not answer an HTTP request: the S3 clients retry a silent endpoint for minutes (seen:
+        6 minutes, then "Generic S3 error"). Any HTTP answer will do; what it says is the clients' business."""
+        endpoint = dict(self.options).get("AWS_ENDPOINT_URL", "")
+        if not self.is_s3 or not endpoint:
+            return
+        url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        connection = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        began = time.monotonic()
+        try:
+            conn = connection(url.hostname or "", url.port, timeout=timeout)
+            try:
+                conn.request("HEAD", "/")
+                conn.getresponse()
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException) as e:
+            if isinstance(e, ssl.SSLError):  # something speaks TLS there: the clients will say what is wrong
+                return
+            why = "no answer" if isinstance(e, TimeoutError) else (getattr(e, "strerror", None) or str(e) or
+                                                                  type(e).__name__).lower()
+            raise ConfigError(
+                f"the S3 endpoint {endpoint} (AWS_ENDPOINT_URL) of root {self.root} does not answer: {why} after "
+                f"{time.monotonic() - began:.0f} s. Check that the object store runs there and that the address and "
+                f"port are right. (The wait is storage_timeout in [settings], or LAKEHOUSE_STORAGE_TIMEOUT: "
+                f"{timeout:g} s.)") from e
 
     def delta_options(self) -> dict[str, str]:
         return dict(self.options)

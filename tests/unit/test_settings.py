@@ -107,3 +107,10 @@ def test_hot_key_settings_from_the_environment_and_the_config_file(tmp_path: Pat
     (tmp_path / "lakehouse.toml").write_text('root = "lake"\n[settings]\nsalts = { user_totals = -1 }\n')
     with pytest.raises(ConfigError, match=r"salts\.user_totals must be a whole number of tasks"):
         settings_from_env(env={}, project=str(tmp_path))
+
+
+def test_the_storage_timeout_comes_from_the_environment_and_must_be_seconds() -> None:
+    assert settings_from_env("/l", env={}).storage_timeout == 30.0
+    assert settings_from_env("/l", env={"LAKEHOUSE_STORAGE_TIMEOUT": "5"}).storage_timeout == 5.0
+    with pytest.raises(ConfigError, match="LAKEHOUSE_STORAGE_TIMEOUT must be a number of seconds, not '5s'"):
+        settings_from_env("/l", env={"LAKEHOUSE_STORAGE_TIMEOUT": "5s"})

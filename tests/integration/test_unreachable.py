@@ -1,5 +1,6 @@
-"""A run pointed at a Ray cluster address where nothing answers fails within the connect timeout, naming the address
-and what to check (Ray itself would retry for many minutes), and leaves no table behind."""
+"""A run pointed at a Ray cluster or an S3 endpoint where nothing answers fails within its timeout, naming the address
+and what to check (Ray and the S3 clients alone retry for minutes), and leaves no table behind. The CLI in a
+subprocess, as an operator meets it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,15 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])  # closed again when the block ends: nothing listens there
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on loopback that accepts connections (the kernel completes them) and never says a word."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield int(s.getsockname()[1])
 
 
 def _lakehouse(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -51,3 +62,26 @@ def test_a_cluster_address_where_nothing_listens_fails_fast_naming_it(tmp_path: 
     assert seconds < 60
     # and: nothing was committed
     assert not snapshot(Storage(str(root)), TableRef("bronze", "events")).exists
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["refused", "silent"])
+def test_an_s3_endpoint_that_does_not_answer_fails_fast_naming_it(silent: bool, silent_port: int) -> None:
+    # given: an s3:// root whose endpoint refuses connections, or accepts them and never answers
+    endpoint = f"http://127.0.0.1:{silent_port if silent else _closed_port()}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true", "LAKEHOUSE_STORAGE_TIMEOUT": "3"}
+
+    # when
+    began = time.monotonic()
+    proc = _lakehouse("run", "--root", "s3://lake/demo", "--pipeline", "events", env=env)
+    seconds = time.monotonic() - began
+
+    # then: one error line naming the endpoint and the root, within the timeout and the CLI's start
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the S3 endpoint {endpoint} (AWS_ENDPOINT_URL) of root s3://lake/demo does not answer: "
+                      f"{'no answer after 3 s' if silent else 'connection refused after 0 s'}. Check that the object "
+                      "store runs there and that the address and port are right. (The wait is storage_timeout in "
+                      "[settings], or LAKEHOUSE_STORAGE_TIMEOUT: 3 s.)"], proc.stderr
+    assert seconds < 30
+    assert "secret" not in proc.stderr + proc.stdout
