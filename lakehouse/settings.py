@@ -24,7 +24,7 @@ class RaySettings:
     num_cpus: int = 2
     object_store_bytes: int = 1 << 30
     temp_dir: str | None = None
-    # Seconds to wait for a cluster at ``address`` to answer before the run fails naming it (Ray retries forever).
+    # Seconds to wait for a cluster at ``address`` to answer before the run fails naming it (Ray retries for minutes).
     connect_timeout: float = 30.0
     # Directories the workers import from (the project's), besides what Ray gives them (the working directory).
     code_paths: tuple[str, ...] = ()

@@ -92,7 +92,7 @@ def ensure_ray() -> None:
 
 def _answers(address: str, timeout: float) -> None:
     """Fail within ``timeout`` seconds, naming ``address``, when nothing accepts a connection there: ``ray.init``
-    itself retries an absent cluster forever ("Failed to connect to GCS ... within 5 seconds", over and over). The
+    itself retries an absent cluster for many minutes ("Failed to connect to GCS ... within 5 seconds", 20 times). The
     address is a cluster's GCS (``host:6379``) or, with ``ray://``, its Ray Client server (``host:10001``); ``auto``
     (the cluster this machine runs) is left to Ray."""
     target = address.removeprefix("ray://")

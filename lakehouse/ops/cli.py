@@ -11,13 +11,14 @@ import datetime as dt
 import importlib
 import inspect
 import logging
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from lakehouse.errors import ConfigError, LakehouseError
 from lakehouse.ops import maintenance, query
+from lakehouse.ops.progress import Progress
 from lakehouse.running import runner
 from lakehouse.settings import Settings, settings_from_env
 from lakehouse.storage import Storage
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except LakehouseError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader went away (`lakehouse run --json | head -1`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="the date the run is for; freshness checks measure against it (default today)")
     run.add_argument("--bad-files", choices=("reject", "fail"), default=None,
                      help="unreadable landed files: record them in _meta.rejected_files and go on (default), or fail")
+    _output_flags(run)
     run.set_defaults(func=_run)
 
     bf = sub.add_parser("backfill", help="rebuild silver and gold for a range of months from bronze")
@@ -56,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--batch-months", type=int, default=12, help="months per commit (default 12)")
     bf.add_argument("--root")
     bf.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
+    _output_flags(bf)
     bf.set_defaults(func=_backfill)
 
     data = sub.add_parser("demo-data", help="land the pipeline's demo data under ROOT/raw (TPC-H: tpchgen-cli)")
@@ -107,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--table", required=True, help="silver table, e.g. orders")
     rp.add_argument("--root")
     rp.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
+    _output_flags(rp)
     rp.set_defaults(func=_replay)
     return p
 
@@ -120,14 +127,26 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 def _run(args: argparse.Namespace) -> int:
     overrides = {"bad_files": args.bad_files} if args.bad_files else {}
     settings = _settings(args, **overrides)
-    start = time.monotonic()
-    return _report(runner.run(settings, full_refresh=args.full_refresh, logical_date=args.logical_date), start)
+    progress = _progress(args)
+    return progress.done(runner.run(settings, full_refresh=args.full_refresh, logical_date=args.logical_date,
+                                    call=progress))
 
 
 def _backfill(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    start = time.monotonic()
-    return _report(runner.backfill(settings, args.first, args.last, batch_months=args.batch_months), start)
+    progress = _progress(args)
+    return progress.done(runner.backfill(settings, args.first, args.last, batch_months=args.batch_months,
+                                         call=progress))
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress("json" if args.json else "quiet" if args.quiet else "text")
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--quiet", action="store_true", help="print nothing but an error")
+    how.add_argument("--json", action="store_true", help="one JSON object per finished stage, then one for the run")
 
 
 def _date(text: str) -> dt.date:
@@ -138,22 +157,9 @@ def _date(text: str) -> dt.date:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    start = time.monotonic()
     settings = _settings(args)
-    return _report(runner.replay(settings, args.table), start)
-
-
-def _report(report: runner.RunReport, start: float) -> int:
-    for r in report.results:
-        line = (f"{r.table:<34} {r.status:<9} in={r.rows_in:<9} written={r.rows_written:<9} "
-                f"quarantined={r.rows_quarantined:<6} duplicate={r.rows_duplicate:<6} "
-                f"version={'' if r.version is None else r.version:<4} {r.seconds:6.1f}s")
-        print(f"{line}  {r.message}" if r.message and r.status != "failed" else line)
-    if report.error is not None:
-        print(f"error: {report.error}", file=sys.stderr)
-        return 1
-    print(f"run {report.run_id} done in {time.monotonic() - start:.1f}s")
-    return 0
+    progress = _progress(args)
+    return progress.done(runner.replay(settings, args.table, call=progress))
 
 
 def _demo_data(args: argparse.Namespace) -> int:

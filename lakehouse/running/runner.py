@@ -212,15 +212,18 @@ def run(
     full_refresh: bool = False,
     run_id: str | None = None,
     logical_date: dt.date | None = None,
+    call: Callable[[Stage], StageResult] | None = None,
 ) -> RunReport:
     """Everything landed and not yet processed, bronze → silver → gold, with Ray started once for the run.
-    ``logical_date`` is the date the run is for (freshness is measured against it; default today)."""
+    ``logical_date`` is the date the run is for (freshness is measured against it; default today); ``call`` runs
+    each stage (see :func:`execute`; the CLI's prints it as it goes)."""
     ctx = RunContext.start(settings, full_refresh=full_refresh, run_id=run_id, logical_date=logical_date)
-    return execute(ctx, plan(ctx))
+    return execute(ctx, plan(ctx), call=call)
 
 
 def backfill(
-    settings: Settings, first: str, last: str, *, batch_months: int = 12, run_id: str | None = None
+    settings: Settings, first: str, last: str, *, batch_months: int = 12, run_id: str | None = None,
+    call: Callable[[Stage], StageResult] | None = None,
 ) -> RunReport:
     """Rebuild the silver partitions of months ``first``..``last`` (``YYYY-MM``) from bronze, then what they change
     in gold; in batches of ``batch_months`` months, each batch one commit per table.
@@ -230,10 +233,11 @@ def backfill(
     rows a full refresh would put there.
     """
     ctx = RunContext.start(settings, run_id=run_id)
-    return execute(ctx, plan(ctx, (first, last), batch_months))
+    return execute(ctx, plan(ctx, (first, last), batch_months), call=call)
 
 
-def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunReport:
+def replay(settings: Settings, table: str, *, run_id: str | None = None,
+           call: Callable[[Stage], StageResult] | None = None) -> RunReport:
     """Re-validate the silver table ``table``'s quarantined rows with its model as it is now, merge those that pass
     into silver (the rest stay), then bring gold up to date with the change."""
     ctx = RunContext.start(settings, run_id=run_id)
@@ -243,7 +247,7 @@ def replay(settings: Settings, table: str, *, run_id: str | None = None) -> RunR
         known = ", ".join(s.name for s in spec.silver)
         raise ConfigError(f"no silver table {table!r} in pipeline {spec.name} (known: {known})")
     golds = [Stage(layer, name, ctx) for layer, name in spec.stages() if layer == "gold"]
-    return execute(ctx, [Stage("replay", table, ctx), *golds])
+    return execute(ctx, [Stage("replay", table, ctx), *golds], call=call)
 
 
 def month_range(first: str, last: str) -> list[str]:
