@@ -143,7 +143,7 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
     added = [c for c in columns if expected is not None and c not in expected]
     if added and data:
         # A version of its own, just before the data's: a crash in between leaves a table with empty new columns.
-        base = table.add_columns(storage, base, [pa.field(c, pa.string()) for c in added])
+        base = table.add_columns(storage, base, [pa.field(c, pa.string()) for c in added], run_id=ctx.run_id)
         note = "; ".join(filter(None, [note, f"added column(s) {', '.join(added)} (new in landed files)"]))
     result.files_in = len(pending)
     result.files_rejected = len(bad_files)

@@ -100,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     sw.set_defaults(func=_sweep)
 
+    rb = sub.add_parser("rollback", help="undo a whole run: every table it committed to back to the version before it")
+    rb.add_argument("run_id", metavar="RUN_ID", help="the run (see _meta.runs, or `lakehouse status`)")
+    rb.add_argument("--root")
+    rb.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
+    rb.add_argument("--cascade", action="store_true",
+                    help="also roll back the later runs built on it (otherwise they make the rollback refuse)")
+    rb.add_argument("--dry-run", action="store_true", help="say what would be restored, change nothing")
+    rb.add_argument("--format", choices=("text", "json"), default="text")
+    rb.set_defaults(func=_rollback)
+
     q = sub.add_parser("query", help="SQL (DuckDB) over the tables, addressed as layer.table")
     q.add_argument("sql")
     q.add_argument("--root")
@@ -228,6 +238,62 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"_staging/{run_id}: {verb} (run never finished)")
     print(f"{verb} {found.count} files ({found.bytes} bytes) and {len(found.staging)} staging directories")
     return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    import json
+
+    from lakehouse.running import rollback
+
+    settings = _settings(args)
+    if args.dry_run:
+        planned = rollback.plan(Storage.from_settings(settings), args.run_id, cascade=args.cascade)
+        if args.format == "json":
+            print(json.dumps(planned.as_dict(), indent=2))
+            return 1 if planned.refusal() else 0
+        print(f"rollback of run(s) {', '.join(planned.runs)} would:")
+        for step in planned.steps:
+            print(f"  restore {step.describe()}")
+            for app, (now, after) in sorted(step.watermarks.items()):
+                if now != after:
+                        print(f"      watermark {app}: {_mark(now)} -> {_mark(after)}")
+        for name in planned.done:
+            print(f"  leave {name}: already rolled back")
+        refusal = planned.refusal()
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 1
+        return 0
+
+    def said(step: rollback.Step, result: Any) -> None:
+        if args.format == "json":
+            print(json.dumps({"table": step.table, "status": result.status, "version": result.version,
+                              "restored_to": step.restore_to, "undone": list(step.undone), "runs": list(step.runs),
+                              "seconds": round(result.seconds, 3)}), flush=True)
+        else:
+            print(f"{step.table:<34} {result.status:<12} version={result.version:<4} {result.message}", flush=True)
+
+    report = rollback.rollback(settings, args.run_id, cascade=args.cascade, call=said)
+    done = report.plan.done
+    if args.format == "json":
+        print(json.dumps({"rollback_id": report.run_id, "runs": list(report.plan.runs), "ok": report.ok,
+                          "tables": len(report.results), "already_rolled_back": list(done),
+                          "error": None if report.error is None else str(report.error)}))
+    if report.error is not None:
+        print(f"error: {report.error}", file=sys.stderr)
+        return 1
+    if args.format == "text":
+        if not report.results:
+            print(f"run {args.run_id} is already rolled back ({', '.join(done)})")
+        else:
+            extra = f"; {len(done)} were already rolled back" if done else ""
+            print(f"rollback {report.run_id} done: {len(report.results)} tables restored{extra}; the next run redoes "
+                  f"what run(s) {', '.join(report.plan.runs)} did with the files still landed")
+    return 0
+
+
+def _mark(value: int | None) -> str:
+    return "none" if value is None else str(value)
 
 
 def _query(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from lakehouse.settings import Settings
 from lakehouse.storage import Storage
 
-Status = Literal["committed", "skipped", "failed"]
+Status = Literal["committed", "skipped", "failed", "rolled_back"]
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:

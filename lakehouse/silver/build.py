@@ -118,7 +118,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
         if spec.write_mode == "merge" and not rebuild and not adds and not replaced:
             # Compare values, don't rewrite: no new version. The watermark stays, so these files are checked again.
             return result.finish("skipped", "the batch changes nothing: no new version")
-        base = with_columns(storage, base, extra)
+        base = with_columns(storage, base, extra, ctx.run_id)
         result.version = table.commit(
             storage,
             base,
@@ -201,14 +201,14 @@ def merge_staged(
     return merged, replaced, len(merges)
 
 
-def with_columns(storage: Storage, base: table.Snapshot, extra: tuple[str, ...]) -> table.Snapshot:
-    """The table with the evolved ``extra`` columns it lacks added, in a version of its own (a data commit cannot
-    widen the schema)."""
+def with_columns(storage: Storage, base: table.Snapshot, extra: tuple[str, ...], run_id: str) -> table.Snapshot:
+    """The table with the evolved ``extra`` columns it lacks added by run ``run_id``, in a version of its own (a data
+    commit cannot widen the schema)."""
     have = set(base.schema.names) if base.schema else set()
     missing = [c for c in extra if c not in have]
     if not base.exists or not missing:
         return base
-    return table.add_columns(storage, base, [pa.field(c, pa.string()) for c in missing])
+    return table.add_columns(storage, base, [pa.field(c, pa.string()) for c in missing], run_id=run_id)
 
 
 def key_owners(

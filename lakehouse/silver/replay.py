@@ -91,7 +91,7 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
             )
             result.rows_written = sum(m.kept for m in merged)
             result.rows_duplicate = replayed - result.rows_written
-            base = with_columns(storage, base, extra)
+            base = with_columns(storage, base, extra, ctx.run_id)
             result.version = table.commit(
                 storage, base, schema=arrow_schema(spec, extra),
                 adds=[f for m in merged for f in m.files], removes=replaced,

@@ -4,6 +4,7 @@ from their statistics (:mod:`.ranges`)."""
 
 from lakehouse.table.delta import (
     META_PREFIX,
+    Commit,
     Orphan,
     Snapshot,
     TableFile,
@@ -13,17 +14,21 @@ from lakehouse.table.delta import (
     commit,
     commits_since,
     delete_files,
+    history,
     list_tables,
     merge_rows,
     orphans,
     referenced_paths,
+    restore,
     snapshot,
     to_arrow_dataset,
     txn_version,
+    watermarks_changed,
 )
 
 __all__ = [
     "META_PREFIX",
+    "Commit",
     "Orphan",
     "Snapshot",
     "TableFile",
@@ -33,11 +38,14 @@ __all__ = [
     "commit",
     "commits_since",
     "delete_files",
+    "history",
     "list_tables",
     "merge_rows",
     "orphans",
     "referenced_paths",
+    "restore",
     "snapshot",
     "to_arrow_dataset",
     "txn_version",
+    "watermarks_changed",
 ]

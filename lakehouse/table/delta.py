@@ -128,10 +128,98 @@ def _partition_str(value: Any) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-def txn_version(storage: Storage, ref: TableRef, app_id: str) -> int | None:
-    """The last version recorded for ``app_id`` in the table (our watermark), or None."""
+def txn_version(storage: Storage, ref: TableRef, app_id: str, version: int | None = None) -> int | None:
+    """The last version recorded for ``app_id`` in the table (our watermark) at ``version`` (default the latest), or
+    None. A negative one is None too: it is how :func:`restore` clears a watermark the restored version did not
+    have (Delta has no action that removes an app transaction)."""
+    dt = _open(storage, ref, version)
+    found = None if dt is None else dt.transaction_version(app_id)
+    return None if found is None or found < 0 else found
+
+
+NO_WATERMARK = -1
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One version of a table as its commit info tells it: when, which operation, and the metadata our commits carry
+    (``run_id``, ``stage``, ``inputs``... without the ``lakehouse.`` prefix)."""
+
+    version: int
+    timestamp_ms: int
+    operation: str
+    info: dict[str, str]
+
+    @property
+    def run_id(self) -> str | None:
+        return self.info.get("run_id")
+
+
+def history(storage: Storage, ref: TableRef) -> list[Commit]:
+    """Every version of the table still in its log, oldest first (the commit infos only: no data file is read)."""
     dt = _open(storage, ref)
-    return None if dt is None else dt.transaction_version(app_id)
+    if dt is None:
+        return []
+    commits = [
+        Commit(version=int(h["version"]), timestamp_ms=int(h.get("timestamp") or 0),
+               operation=str(h.get("operation") or ""),
+               info={k[len(META_PREFIX):]: str(v) for k, v in h.items() if k.startswith(META_PREFIX)})
+        for h in dt.history()
+    ]
+    return sorted(commits, key=lambda c: c.version)
+
+
+def watermarks_changed(storage: Storage, ref: TableRef, since: int | None, until: int) -> dict[str, int | None]:
+    """The app transactions (watermarks) set by versions ``since`` + 1 .. ``until``, each with the value it had at
+    ``since`` (None where it had none; ``since`` None: the table did not exist). Read from those versions' commit
+    files: Delta keeps no index of app transactions by version."""
+    fs = storage.filesystem()
+    apps: set[str] = set()
+    for v in range((-1 if since is None else since) + 1, until + 1):
+        path = storage.fs_path(f"{ref.rel}/{LOG_DIR}/{v:020d}.json")
+        try:
+            with fs.open_input_stream(path) as f:
+                lines = f.read().decode().splitlines()
+        except FileNotFoundError as e:
+            raise TableError(f"the log of version {v} is gone (expired by log retention), so the watermarks it set "
+                             "are not known", table=str(ref)) from e
+        apps.update(json.loads(t)["txn"]["appId"] for t in lines if t.strip().startswith('{"txn"'))
+    return {app: None if since is None else txn_version(storage, ref, app, since) for app in sorted(apps)}
+
+
+def restore(
+    storage: Storage, ref: TableRef, *, to: int | None, expect: int, metadata: Mapping[str, Any]
+) -> int:
+    """Make the table's content, schema and watermarks those of version ``to`` again, as one new version made against
+    ``expect`` (a concurrent commit raises :class:`CommitConflict`; history stays for time travel). ``to`` None
+    empties the table (the versions undone created it). Returns the new version."""
+    marks = watermarks_changed(storage, ref, to, expect)
+    props = CommitProperties(
+        custom_metadata={f"{META_PREFIX}{k}": _meta_value(v) for k, v in metadata.items()},
+        max_commit_retries=0,
+        app_transactions=[Transaction(app, NO_WATERMARK if v is None else v) for app, v in marks.items()],
+    )
+    dt = _open(storage, ref, expect)
+    if dt is None:
+        raise TableError("table does not exist", table=str(ref))
+    faults.point(f"{ref}:before_commit")
+    try:
+        if to is None:
+            now = int(time.time() * 1000)
+            files = snapshot(storage, ref, expect).files
+            removes: list[AddAction | RemoveAction] = [
+                RemoveAction(f.path, True, now, f.size, f.partition_values) for f in files]
+            dt.create_write_transaction(removes, mode="append", schema=pa.schema(dt.schema()),
+                                        partition_by=list(dt.metadata().partition_columns) or None,
+                                        commit_properties=props)
+        else:
+            dt.restore(to, commit_properties=props)
+    except CommitFailedError as e:
+        raise CommitConflict(f"concurrent commit after version {expect}: {e}", table=str(ref)) from e
+    except Exception as e:
+        raise TableError(f"could not restore version {to}: {e}", table=str(ref)) from e
+    faults.point(f"{ref}:after_commit")
+    return expect + 1
 
 
 def commit(
@@ -257,15 +345,16 @@ def commits_since(storage: Storage, ref: TableRef, version: int) -> list[dict[st
             for h in dt.history(dt.version() - version) if h.get("version", -1) > version]
 
 
-def add_columns(storage: Storage, base: Snapshot, fields: list[pa.Field]) -> Snapshot:
+def add_columns(storage: Storage, base: Snapshot, fields: list[pa.Field], *, run_id: str) -> Snapshot:
     """Widen the table's schema by ``fields`` (nullable; existing rows read them as null) in one version made against
-    ``base``, and return the snapshot after it. A concurrent commit raises :class:`CommitConflict`."""
+    ``base`` by run ``run_id``, and return the snapshot after it. A concurrent commit raises :class:`CommitConflict`."""
     from deltalake import Field
 
     dt = _open(storage, base.ref, base.version)
     assert dt is not None
     delta_fields = [Field(f.name, _delta_schema(pa.schema([f])).fields[0].type, nullable=True) for f in fields]
-    props = CommitProperties(max_commit_retries=0, custom_metadata={f"{META_PREFIX}stage": "add_columns"})
+    props = CommitProperties(max_commit_retries=0, custom_metadata={f"{META_PREFIX}stage": "add_columns",
+                                                                     f"{META_PREFIX}run_id": run_id})
     try:
         dt.alter.add_columns(delta_fields, commit_properties=props)
     except CommitFailedError as e:
