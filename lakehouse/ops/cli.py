@@ -100,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     sw.set_defaults(func=_sweep)
 
+    st = sub.add_parser("status", help="the state of the lake: landed files waiting, each table and its partitions "
+                        "(freshness, who rebuilt them, complete or behind), from the logs alone")
+    st.add_argument("--root")
+    st.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
+    st.add_argument("--table", action="append", default=None, metavar="LAYER.NAME",
+                    help="only this table (repeatable)")
+    st.add_argument("--partitions", default="5", metavar="N|all",
+                    help="text: the newest N partitions of each table, and every one that is behind (default 5)")
+    st.add_argument("--format", choices=("text", "json"), default="text")
+    st.set_defaults(func=_status)
+
     rb = sub.add_parser("rollback", help="undo a whole run: every table it committed to back to the version before it")
     rb.add_argument("run_id", metavar="RUN_ID", help="the run (see _meta.runs, or `lakehouse status`)")
     rb.add_argument("--root")
@@ -238,6 +249,35 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"_staging/{run_id}: {verb} (run never finished)")
     print(f"{verb} {found.count} files ({found.bytes} bytes) and {len(found.staging)} staging directories")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from lakehouse.ops import status
+    from lakehouse.running.context import RunContext
+
+    shown = None if args.partitions == "all" else _count(args.partitions, "--partitions")
+    settings = _settings(args)
+    found = status.status(RunContext.start(settings), runner.pipeline_of(settings))
+    if args.table:
+        unknown = [t for t in args.table if t not in {t.table for t in found.tables}]
+        if unknown:
+            raise ConfigError(f"no table {unknown[0]} in {settings.root} (tables: "
+                              f"{', '.join(t.table for t in found.tables)})")
+        found = dataclasses.replace(found, tables=[t for t in found.tables if t.table in args.table])
+    if args.format == "json":
+        print(json.dumps(found.as_dict(), indent=2))
+    else:
+        print(status.render(found, partitions=shown))
+    return 0
+
+
+def _count(text: str, flag: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{flag} takes a number or 'all', not {text!r}")
+    return int(text)
 
 
 def _rollback(args: argparse.Namespace) -> int:

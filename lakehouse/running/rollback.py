@@ -20,7 +20,6 @@ Landed files the run rejected as unreadable stay in ``_meta.rejected_files``: th
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,19 +171,11 @@ def _built_on(kept: dict[str, list[Commit]], firsts: dict[str, int], runs: set[s
             if t in firsts and c.version > firsts[t]:
                 found.append(Blocker(c.run_id, t, c.version, f"a later {c.info.get('stage') or c.operation} commit"))
                 continue
-            read = _inputs(c)
+            read = c.inputs
             hit = sorted(src for src, v in read.items() if src in firsts and v >= firsts[src])
             if hit:
                 found.append(Blocker(c.run_id, t, c.version, f"read {hit[0]} version {read[hit[0]]}"))
     return found
-
-
-def _inputs(c: Commit) -> dict[str, int]:
-    try:
-        found = json.loads(c.info.get("inputs") or "{}")
-    except ValueError:
-        return {}
-    return {k: v for k, v in found.items() if isinstance(v, int)} if isinstance(found, dict) else {}
 
 
 @dataclass

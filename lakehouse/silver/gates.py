@@ -77,7 +77,8 @@ def freshness(
     ctx: RunContext, spec: SilverSpec, gate: checks.Gates, kept: list[TableFile], adds: list[DataFile]
 ) -> checks.CheckResult:
     """The freshness check from the log's statistics alone: the newest event date of the files the table will hold
-    (a timestamp column has no statistics: the first day of its newest partition, then)."""
+    (a file without statistics of it, as files with timestamps were before they had them: the first day of its
+    partition)."""
     assert spec.partition
     column, part = spec.partition.source_column, spec.partition.column
     newest = [str(v)[:10] for f in kept if (v := f.maxs.get(column) or f.partition_values.get(part)) is not None]

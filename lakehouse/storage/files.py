@@ -204,6 +204,8 @@ class _Stats:
             lo, hi = mm["min"].as_py(), mm["max"].as_py()
             if lo != lo or hi != hi:
                 continue  # NaN: min_max skips NaN unless a batch holds nothing else; no bound from it
+            if isinstance(lo, dt.datetime):  # Delta keeps milliseconds: widen the bounds to whole ones
+                lo, hi = _floor_ms(lo), _ceil_ms(hi)
             self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)
             self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
 
@@ -224,10 +226,29 @@ def _has_stats(t: pa.DataType) -> bool:
         or pa.types.is_string(t)
         or pa.types.is_large_string(t)
         or pa.types.is_date(t)
-    )  # timestamps are left out: Delta stats keep milliseconds, and a truncated max would skip wrongly
+        # UTC timestamps (Delta's timestamp) to the millisecond, min rounded down and max up so they stay bounds
+        or (pa.types.is_timestamp(t) and t.tz is not None and t.unit != "ns")
+    )
+
+
+def _floor_ms(value: dt.datetime) -> dt.datetime:
+    return value - dt.timedelta(microseconds=value.microsecond % 1000)
+
+
+def _ceil_ms(value: dt.datetime) -> dt.datetime:
+    rest = value.microsecond % 1000
+    return value + dt.timedelta(microseconds=1000 - rest) if rest else value
+
+
+def timestamp_stat(value: dt.datetime) -> str:
+    """A UTC timestamp as Delta statistics write it: ``2026-03-04T10:00:00.123Z``."""
+    utc = value.astimezone(dt.UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
 def _stat_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return timestamp_stat(value)
     if isinstance(value, dt.date):
         return value.isoformat()
     return value

@@ -60,6 +60,7 @@ class TableFile:
     partition_values: dict[str, str | None]
     mins: dict[str, Any] = field(default_factory=dict)
     maxs: dict[str, Any] = field(default_factory=dict)
+    added_ms: int = 0  # when it was written (the add action's modificationTime)
 
     def item(self) -> dict[str, Any]:
         """What a worker task needs to read the file (JSON-serialisable)."""
@@ -119,7 +120,14 @@ def _table_file(action: dict[str, Any], partition_by: tuple[str, ...]) -> TableF
         partition_values=parts,
         mins=mins,
         maxs=maxs,
+        added_ms=_epoch_ms(action.get("modification_time")),
     )
+
+
+def _epoch_ms(value: Any) -> int:
+    if value is None:
+        return 0
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
 
 def _partition_str(value: Any) -> str | None:
@@ -153,6 +161,15 @@ class Commit:
     @property
     def run_id(self) -> str | None:
         return self.info.get("run_id")
+
+    @property
+    def inputs(self) -> dict[str, int]:
+        """The versions of the tables the commit's stage read (``silver.orders`` -> 7), as its metadata says."""
+        try:
+            found = json.loads(self.info.get("inputs") or "{}")
+        except ValueError:
+            return {}
+        return {k: v for k, v in found.items() if isinstance(v, int)} if isinstance(found, dict) else {}
 
 
 def history(storage: Storage, ref: TableRef) -> list[Commit]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from lakehouse.storage.files import timestamp_stat
 from lakehouse.table.delta import TableFile
 
 
@@ -28,7 +29,9 @@ def may_hold(item: dict[str, Any], keys: pl.Series) -> bool:
 
 def stat(value: Any) -> Any:
     """A statistic in one comparable form: dates and times as ISO text (the log gives them typed, staged files as
-    JSON text), numbers and text as they are."""
+    JSON text, as :func:`~lakehouse.storage.files.timestamp_stat` writes a timestamp), numbers and text as they are."""
+    if isinstance(value, dt.datetime):
+        return timestamp_stat(value)
     return value.isoformat() if isinstance(value, dt.date) else value
 
 

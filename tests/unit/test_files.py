@@ -49,13 +49,27 @@ def test_all_null_and_unsupported_columns_get_null_counts_only() -> None:
     data = pa.table(
         {
             "empty": pa.array([None, None], pa.string()),
-            "ts": pa.array([dt.datetime(2024, 1, 1, 12, 0, 0, 123456), None], pa.timestamp("us", tz="UTC")),
+            "naive": pa.array([dt.datetime(2024, 1, 1, 12, 0, 0, 123456), None], pa.timestamp("us")),
             "ok": pa.array([True, False], pa.bool_()),
         }
     )
     stats = _stats(data)
     assert stats["minValues"] == {} and stats["maxValues"] == {}
-    assert stats["nullCount"] == {"empty": 2, "ts": 1, "ok": 0}
+    assert stats["nullCount"] == {"empty": 2, "naive": 1, "ok": 0}
+
+
+def test_utc_timestamps_get_millisecond_bounds_that_still_hold_every_value() -> None:
+    # given microsecond timestamps (Delta statistics keep milliseconds)
+    values = [dt.datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC), dt.datetime(2024, 1, 2, 8, 30, 0, 999001,
+                                                                                    tzinfo=dt.UTC), None]
+    exact = [dt.datetime(2024, 1, 3, tzinfo=dt.UTC)]
+    stats = _stats(pa.table({"ts": pa.array(values, pa.timestamp("us", tz="UTC")),
+                             "whole": pa.array(exact * 3, pa.timestamp("ms", tz="UTC"))}))
+
+    # then the min is rounded down and the max up to the millisecond, so no value lies outside them
+    assert stats["minValues"] == {"ts": "2024-01-01T12:00:00.123Z", "whole": "2024-01-03T00:00:00.000Z"}
+    assert stats["maxValues"] == {"ts": "2024-01-02T08:30:01.000Z", "whole": "2024-01-03T00:00:00.000Z"}
+    assert stats["nullCount"] == {"ts": 1, "whole": 0}
 
 
 def test_long_strings_are_left_out_of_min_max() -> None:
