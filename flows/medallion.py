@@ -10,11 +10,17 @@ new commits nothing); Prefect retries only errors that say a retry can help.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from typing import Any
 
 from prefect import Task, flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.runtime import flow_run
@@ -24,6 +30,8 @@ import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
 
 SUMMARY_KEY = "medallion-run-summary"
+PROGRESS_KEY = "medallion-progress"
+PROGRESS_EVERY_SECONDS = 10.0
 QUALITY_KEY = "medallion-quality-report"
 TASK_TIMEOUT_SECONDS = 3600
 
@@ -94,6 +102,7 @@ def medallion(
     to_month: str | None = None,
     batch_months: int = 12,
     logical_date: dt.date | None = None,
+    progress_every: float = PROGRESS_EVERY_SECONDS,
 ) -> list[StageResult]:
     """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed.
 
@@ -103,6 +112,9 @@ def medallion(
 
     ``logical_date`` is the date the run is for (freshness checks measure against it); by default the date the flow
     run was scheduled for, so a late or retried run of yesterday's schedule is still judged as yesterday's.
+
+    A stage that takes longer than ``progress_every`` seconds logs how its steps go that often, and the run's
+    progress artifact (the flow-run page's progress bar) moves with it.
     """
     logger = get_run_logger()
     settings = lakehouse.settings_from_env(root, pipeline=pipeline)
@@ -117,8 +129,14 @@ def medallion(
     logger.info("run %s of pipeline %s on %s (%s): %d stages", ctx.run_id, pipeline, settings.root, what, len(stages))
     started = time.monotonic()
 
+    progress = _Progress(ctx, len(stages), progress_every)
+
     def as_task(stage: lakehouse.running.runner.Stage) -> StageResult:
-        return TASKS[stage.layer].with_options(task_run_name=stage.label)(stage.ctx, stage.name)
+        with lakehouse.engine.observed(progress.observer(stage.label)):
+            try:
+                return TASKS[stage.layer].with_options(task_run_name=stage.label)(stage.ctx, stage.name)
+            finally:
+                progress.stage_done(stage.label)
 
     # The library's run loop (one Ray for the run, stages one at a time, the run recorded whatever happens), each
     # stage as a Prefect task.
@@ -130,6 +148,55 @@ def medallion(
     if report.error is not None:
         raise report.error
     return report.results
+
+
+class _Progress:
+    """The run's progress on its flow-run page (a progress artifact: the share of stages done, the running one's share
+    of its step included) and in its logs (a line per step of a stage longer than ``every`` seconds, that often).
+    Never fails the run: an API that does not answer costs a warning."""
+
+    def __init__(self, ctx: RunContext, total: int, every: float) -> None:
+        self.total, self.done, self.last, self.every = max(total, 1), 0, 0.0, every
+        self.id: Any = None
+        try:
+            self.id = create_progress_artifact(0.0, key=PROGRESS_KEY,
+                                               description=f"Run `{ctx.run_id}`: {total} stages")
+        except Exception:
+            get_run_logger().warning("could not create the run's progress artifact", exc_info=True)
+
+    def observer(self, label: str) -> Any:
+        began = time.monotonic()
+
+        def heard(done: lakehouse.engine.Done) -> None:
+            now = time.monotonic()
+            if now - self.last < self.every or now - began < self.every or not done.total:
+                return
+            self.last = now
+            _logger().info("%s: %s %d/%d (%d%%)%s, %.0fs", label, done.label, done.items, done.total,
+                           100 * done.items // done.total, f", {done.rows:,} rows" if done.rows else "", done.seconds)
+            self._update(self.done + done.items / done.total, f"{label}: {done.label} {done.items}/{done.total}")
+
+        return heard
+
+    def stage_done(self, label: str) -> None:
+        self.done += 1
+        self._update(self.done, f"{label} done ({self.done} of {self.total} stages)")
+
+    def _update(self, stages: float, description: str) -> None:
+        if self.id is None:
+            return
+        try:
+            update_progress_artifact(self.id, round(100 * stages / self.total, 1), description=description)
+        except Exception:
+            get_run_logger().warning("could not update the run's progress artifact", exc_info=True)
+
+
+def _logger() -> Any:
+    """The running task's logger (its lines show on its task run and the flow run), else the flow's."""
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger("medallion")
 
 
 def _publish(ctx: RunContext, results: list[StageResult], seconds: float) -> None:

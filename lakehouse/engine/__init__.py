@@ -2,15 +2,17 @@
 at import time) and the few ways work goes onto workers (:mod:`.tasks`)."""
 
 from lakehouse.engine.session import ensure_ray, ray_session, start_seconds
-from lakehouse.engine.tasks import TASK_RETRIES, broadcast, fetch, map_items, map_reduce, original
+from lakehouse.engine.tasks import TASK_RETRIES, Done, broadcast, fetch, map_items, map_reduce, observed, original
 
 __all__ = [
     "TASK_RETRIES",
+    "Done",
     "broadcast",
     "ensure_ray",
     "fetch",
     "map_items",
     "map_reduce",
+    "observed",
     "original",
     "ray_session",
     "start_seconds",

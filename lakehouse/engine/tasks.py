@@ -7,22 +7,78 @@
   step with no hash shuffle, the data never through the driver).
 * :func:`broadcast` / :func:`fetch`: a small lookup table computed on a worker, kept in the object store and read
   once per worker process, for joins inside tasks.
+
+Whoever runs a stage can hear how its steps go (:func:`observed`): as each group of items finishes on the workers,
+a :class:`Done` says how many of the step's items are done and how many rows their reports count (the CLI draws
+bars from it, the Prefect flow logs it). Only the driver hears it; the workers know nothing of it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from lakehouse.engine.session import ensure_ray
 from lakehouse.errors import LakehouseError
 from lakehouse.ops import faults
 
+log = logging.getLogger(__name__)
 _fetched: dict[str, Any] = {}
 # A task whose worker process dies (OOM killer, a lost node) is retried this many times, then the stage fails (retrying
 # forever, Ray Data's default, turns a worker that always dies into a run that never ends).
 TASK_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Done:
+    """How one step of a stage (a map of ``step`` over items on workers) is going: ``items`` of ``total`` done, the
+    rows their reports count (``rows``, else ``rows_in`` or ``raw_rows``; 0 for a step whose reports count none),
+    ``seconds`` since it began."""
+
+    step: str
+    items: int
+    total: int
+    rows: int
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return self.step.removesuffix("_task").strip("_").replace("_", " ")
+
+
+_observers: list[Callable[[Done], None]] = []
+
+
+@contextmanager
+def observed(observer: Callable[[Done], None]) -> Iterator[None]:
+    """Tell ``observer`` how each step goes while the block runs (on the driver; an observer that raises is logged
+    and never fails the step)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
+def _tell(done: Done) -> None:
+    for observer in list(_observers):
+        try:
+            observer(done)
+        except Exception:
+            log.warning("a progress observer failed", exc_info=True)
+
+
+def _rows(reports: Any) -> int:
+    if not isinstance(reports, list):
+        return 0
+    counted = (next((n for a in ("rows", "rows_in", "raw_rows") if isinstance(n := getattr(r, a, None), int)), 0)
+               for r in reports)
+    return sum(counted)
 
 
 def map_items(items: list[dict[str, Any]], fn: Callable[..., list[Any]], *,
@@ -79,15 +135,21 @@ def _run_groups(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kw
     running: list[Any] = []  # what is waited on: the result, or with ``keep`` a marker returned beside it
     values: dict[Any, Any] = {}  # what finished tasks returned (reports, or markers), by what was waited on
     failed: BaseException | None = None
+    sizes: dict[Any, int] = {}
+    began, done, rows = time.monotonic(), 0, 0
+    _tell(Done(fn.__name__, 0, len(encoded), 0, 0.0))
 
     def finish_one() -> BaseException | None:
-        nonlocal running
+        nonlocal running, done, rows
         ready, running = ray.wait(running, num_returns=1)
         try:
             values[ready[0]] = ray.get(ready[0])  # small: reports, or a marker
-            return None
         except Exception as e:  # Ray wraps worker errors; _raise surfaces ours
             return e
+        done += sizes[ready[0]]
+        rows += _rows(values[ready[0]])
+        _tell(Done(fn.__name__, done, len(encoded), rows, time.monotonic() - began))
+        return None
 
     for group in groups:
         while len(running) >= cpus and failed is None:
@@ -100,6 +162,7 @@ def _run_groups(items: list[dict[str, Any]], fn: Callable[..., list[Any]], fn_kw
             marker = ref = _remote("group", _run_group).remote(group, fn, kwargs)
         refs.append(ref)
         running.append(marker)
+        sizes[marker] = len(group)
     while running and failed is None:
         failed = finish_one()
     if failed is not None:

@@ -161,13 +161,15 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _progress(args: argparse.Namespace) -> Progress:
-    return Progress("json" if args.json else "quiet" if args.quiet else "text")
+    return Progress("json" if args.json else "quiet" if args.quiet else "text", every=args.progress_every)
 
 
 def _output_flags(parser: argparse.ArgumentParser) -> None:
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--quiet", action="store_true", help="print nothing but an error")
     how.add_argument("--json", action="store_true", help="one JSON object per finished stage, then one for the run")
+    parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                        help="not on a terminal: a line of a long stage's progress every SECONDS (default 10)")
 
 
 def _date(text: str) -> dt.date:

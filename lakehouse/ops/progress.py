@@ -3,6 +3,10 @@ and one when it ends, as it happens, written through at once so that a pipe, a l
 is printed, not when the run is over. ``json``: one JSON object per finished stage, then one for the run (for
 scripts); ``quiet``: nothing but the error, on stderr.
 
+Within a stage, text mode shows how its steps go (the items of each step done on the workers, and their rows): bars
+(rich) on a terminal, which go away when the stage ends; otherwise a plain line at most every ``every`` seconds, so a
+log or CI shows a long stage moving and a short one not at all.
+
 It is the run loop's ``call`` (:func:`lakehouse.running.runner.execute`): it runs each stage and says so; the run loop
 still decides what a failure means.
 """
@@ -12,8 +16,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Literal, TextIO
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal, TextIO
 
+from lakehouse import engine
+from lakehouse.engine import Done
 from lakehouse.running.context import StageResult
 from lakehouse.running.runner import RunReport, Stage
 
@@ -24,18 +32,22 @@ WIDTH = 34
 class Progress:
     """Prints each stage as it starts and ends (``mode``), and the run's end (:meth:`done`)."""
 
-    def __init__(self, mode: Mode = "text", out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, mode: Mode = "text", out: TextIO | None = None, err: TextIO | None = None, *,
+                 bars: bool | None = None, every: float = 10.0) -> None:
         self.mode = mode
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.began = time.monotonic()
+        self.bars = _is_terminal(self.out) if bars is None else bars
+        self.every = every
 
     def __call__(self, stage: Stage) -> StageResult:
         if self.mode == "text":
             self._print(f"{stage.label:<{WIDTH}} started")
         began = time.monotonic()
         try:
-            result = stage()
+            with self._steps(stage.label):
+                result = stage()
         except Exception as e:
             seconds = time.monotonic() - began
             if self.mode == "text":
@@ -75,3 +87,55 @@ class Progress:
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+    def _steps(self, label: str) -> Any:
+        """While a stage runs: its steps as bars, or as a plain line now and then (text mode only)."""
+        if self.mode != "text":
+            return nullcontext()
+        if self.bars:
+            return _bars(label, self.out)
+        return engine.observed(Lines(label, self._print, self.every))
+
+
+class Lines:
+    """A step's progress as a plain line, at most every ``every`` seconds (none in a stage's first ``every``)."""
+
+    def __init__(self, label: str, say: Callable[[str], None], every: float) -> None:
+        self.label, self.say, self.every = label, say, every
+        self.last = time.monotonic()
+
+    def __call__(self, done: Done) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every or not done.total:
+            return
+        self.last = now
+        self.say(f"{self.label:<{WIDTH}} {done.label}: {done.items}/{done.total} ({100 * done.items // done.total}%)"
+                 f"{f', {done.rows:,} rows' if done.rows else ''}, {done.seconds:.0f}s")
+
+
+@contextmanager
+def _bars(label: str, out: TextIO) -> Iterator[None]:
+    """A bar per step of the stage while it runs (gone when it ends: the stage's line says how it went)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bars
+
+    bars = Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rows]}"),
+                TimeElapsedColumn(), console=Console(file=out), transient=True)
+    current: dict[str, Any] = {}
+
+    def update(done: Done) -> None:
+        rows = f"{done.rows:,} rows" if done.rows else ""
+        if done.items == 0 or done.step not in current:
+            current[done.step] = bars.add_task(f"{label} {done.label}", total=done.total, rows=rows)
+        bars.update(current[done.step], completed=done.items, rows=rows)
+
+    with bars, engine.observed(update):
+        yield
+
+
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False

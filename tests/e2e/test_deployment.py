@@ -115,7 +115,7 @@ def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack
     assert deployment.parameters == {"pipeline": "tpch"}
     assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1
 
-    first = _run_deployment(stack, root)
+    first = _run_deployment(stack, root, params={"progress_every": "0"})
     summary = _summary(stack, first)
     assert len(summary) == 15  # 6 sources, 5 silver tables, customer's change events, 3 gold tables
     rows = {row["table"]: row for row in summary}
@@ -127,6 +127,13 @@ def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack
     for table, keys in SORT.items():
         actual = pl.read_delta(str(root / "gold" / table))
         assert_frames_match(actual, expected(root / "raw", table), keys)
+
+    # the run's progress reached 100% on its page, and its log told each step of each stage as it went
+    progress = _artifact(stack, first, "medallion-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    logs = _logs(stack, first)
+    assert re.search(r"^bronze\.lineitem: ingest file (\d+)/\1 \(100%\), [\d,]+ rows", logs, re.M), logs[-3000:]
+    assert re.search(r"^silver\.orders: validate file \d+/\d+ \(\d+%\)", logs, re.M), logs[-3000:]
 
     report = _artifact(stack, first, "medallion-quality-report")
     assert report.type == "markdown" and "# Quality report: run `" in report.data
@@ -237,6 +244,22 @@ def _artifact(stack: Stack, flow_run_id: UUID, key: str) -> Any:
         )
     assert len(found) == 1, found
     return found[0]
+
+
+def _logs(stack: Stack, flow_run_id: UUID) -> str:
+    """Every log line of the flow run and its task runs, oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    with _client(stack) as client:
+        found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                 sort=LogSort.TIMESTAMP_ASC, limit=200)
+        lines = [log.message for log in found]
+        while len(found) == 200:
+            found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                     sort=LogSort.TIMESTAMP_ASC, limit=200, offset=len(lines))
+            lines += [log.message for log in found]
+    return "\n".join(lines)
 
 
 def _client(stack: Stack) -> SyncPrefectClient:

@@ -5,6 +5,8 @@ run; ``--quiet`` nothing. The CLI in a subprocess, read through a pipe as a log 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +34,14 @@ def landed(tmp_path: Path) -> Path:
     return root
 
 
-def test_each_stage_is_printed_as_it_starts_and_ends(landed: Path) -> None:
-    # when: a run read line by line through a pipe
-    proc = subprocess.Popen(_cli("run", "--root", str(landed), "--pipeline", "events"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+PROGRESS = re.compile(r"^(?P<table>\S+)\s+(?P<step>[a-z ]+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\)"
+                      r"(, (?P<rows>[\d,]+) rows)?, \d+s$")
+
+
+def test_each_stage_is_printed_as_it_starts_and_ends_with_its_steps_in_between(landed: Path) -> None:
+    # when: a run read line by line through a pipe, a line of progress asked for at every step
+    proc = subprocess.Popen(_cli("run", "--root", str(landed), "--pipeline", "events", "--progress-every", "0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     assert proc.stdout is not None
     first = proc.stdout.readline()
     running_after_first_line = proc.poll() is None
@@ -45,14 +51,55 @@ def test_each_stage_is_printed_as_it_starts_and_ends(landed: Path) -> None:
     assert proc.returncode == 0, err
     assert first.split() == ["bronze.events", "started"]
     assert running_after_first_line
-    # and: every stage in order, its start line then its result line, then the run's end
+    # and: every stage in order, its start line, the progress of its steps, its result line; then the run's end
     lines = [first.rstrip("\n"), *rest.splitlines()]
-    assert len(lines) == 2 * len(STAGES) + 1
-    for n, table in enumerate(STAGES):
-        started, ended = lines[2 * n].split(), lines[2 * n + 1].split()
-        assert started == [table, "started"]
-        assert ended[0] == table and ended[1] == "committed" and ended[2].startswith("in=")
-    assert lines[-1].startswith("run ") and " done in " in lines[-1]
+    steps = {}
+    ends = [line for line in lines if not PROGRESS.match(line)]
+    assert len(ends) == 2 * len(STAGES) + 1, ends
+    at = 0
+    for table in STAGES:
+        assert lines[at].split() == [table, "started"]
+        at += 1
+        while found := PROGRESS.match(lines[at]):
+            assert found["table"] == table, lines[at]
+            assert int(found["pct"]) == 100 * int(found["done"]) // int(found["total"])
+            steps[(table, found["step"])] = (int(found["done"]), int(found["total"]),
+                                             int((found["rows"] or "0").replace(",", "")))
+            at += 1
+        ended = lines[at].split()
+        assert ended[0] == table and ended[1] == "committed" and ended[2].startswith("in="), lines[at]
+        at += 1
+    assert lines[at].startswith("run ") and " done in " in lines[at]
+    # and: each step's last line says all its items are done, with the rows the stage then reports
+    assert steps[("bronze.events", "ingest file")] == (1, 1, 200)
+    assert steps[("silver.events", "validate file")] == (1, 1, 200)
+    assert all(done == total for done, total, _ in steps.values()), steps
+
+
+def test_on_a_terminal_the_steps_are_bars_that_go_away_when_the_stage_ends(landed: Path) -> None:
+    # when: the run writes to a terminal
+    main, other = os.openpty()
+    proc = subprocess.Popen(_cli("run", "--root", str(landed), "--pipeline", "events"), stdout=other,
+                            stderr=subprocess.PIPE, env={**ENV, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(other)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed with the run
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+
+    # then: the steps were drawn as bars (rich's bar and its cursor moves), and each stage still ends in its line
+    text = seen.decode(errors="replace")
+    assert "\u2501" in text and "\x1b[" in text and "bronze.events ingest file" in text
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
+    for table in STAGES:
+        assert re.search(rf"^{re.escape(table)}\s+committed in=", plain, re.M), table
 
 
 def test_json_gives_an_object_per_stage_and_one_for_the_run_and_quiet_nothing(landed: Path) -> None:
