@@ -141,7 +141,7 @@ def medallion(
     # The library's run loop (one Ray for the run, stages one at a time, the run recorded whatever happens), each
     # stage as a Prefect task.
     report = lakehouse.running.runner.execute(ctx, stages, call=as_task)
-    _publish(ctx, report.results, time.monotonic() - started)
+    _publish(ctx, report.results, time.monotonic() - started, api_down=progress.api_down)
     if report.swept and (report.swept.count or report.swept.staging):
         logger.info("swept %d orphaned files and %d staging directories", report.swept.count,
                     len(report.swept.staging))
@@ -158,11 +158,13 @@ class _Progress:
     def __init__(self, ctx: RunContext, total: int, every: float) -> None:
         self.total, self.done, self.last, self.every = max(total, 1), 0, 0.0, every
         self.id: Any = None
+        self.api_down = False  # a call to the API failed in this run: no further one is made to wait on it
         try:
             self.id = create_progress_artifact(0.0, key=PROGRESS_KEY,
                                                description=f"Run `{ctx.run_id}`: {total} stages")
-        except Exception:
-            get_run_logger().warning("could not create the run's progress artifact", exc_info=True)
+        except Exception as e:
+            self.api_down = True
+            get_run_logger().warning("could not create the run's progress artifact: %s: %s", type(e).__name__, e)
 
     def observer(self, label: str) -> Any:
         began = time.monotonic()
@@ -187,8 +189,12 @@ class _Progress:
             return
         try:
             update_progress_artifact(self.id, round(100 * stages / self.total, 1), description=description)
-        except Exception:
-            get_run_logger().warning("could not update the run's progress artifact", exc_info=True)
+        except Exception as e:
+            # The API is down or slow: the run goes on (Prefect's task states are events, sent when they can be),
+            # and no further update makes it wait the API's timeout again.
+            self.id, self.api_down = None, True
+            get_run_logger().warning("could not update the run's progress artifact, and will not try again in this "
+                                     "run: %s: %s", type(e).__name__, e)
 
 
 def _logger() -> Any:
@@ -199,12 +205,17 @@ def _logger() -> Any:
         return logging.getLogger("medallion")
 
 
-def _publish(ctx: RunContext, results: list[StageResult], seconds: float) -> None:
+def _publish(ctx: RunContext, results: list[StageResult], seconds: float, *, api_down: bool = False) -> None:
     """Publish the per-table summary and the quality report as artifacts (the run is already recorded)."""
     logger = get_run_logger()
     failed = [r.table for r in results if r.status == "failed"]
     logger.info("run %s: %d tables in %.1fs%s", ctx.run_id, len(results), seconds,
                 f", failed: {', '.join(failed)}" if failed else "")
+    if api_down:
+        logger.warning("the Prefect API did not answer during run %s: its artifacts are not published (its record is "
+                       "in _meta.runs: lakehouse status, or lakehouse query \"SELECT * FROM _meta.runs WHERE run_id = "
+                       "'%s'\")", ctx.run_id, ctx.run_id)
+        return
     try:
         create_table_artifact(
             key=SUMMARY_KEY,

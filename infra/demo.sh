@@ -19,7 +19,8 @@ echo "== Bringing up Prefect (server, worker, deployment)"
 echo "== Running deployment medallion/tpch"
 log="$LAKEHOUSE_RUN_DIR/demo-run.log"
 status=0
-prefect deployment run medallion/tpch --param root="$ROOT" --watch --watch-timeout 1800 2>&1 | tee "$log" || status=$?
+LAKEHOUSE_WATCH_TIMEOUT=1800 "$LAKEHOUSE_PROJECT_DIR/infra/run.sh" medallion/tpch --param root="$ROOT" 2>&1 | tee "$log" \
+    || status=$?
 run_id="$(grep -oE 'UUID: [0-9a-f-]{36}' "$log" | head -n 1 | cut -d' ' -f2 || true)"
 url="$PREFECT_UI_URL/runs/flow-run/$run_id"
 if [[ "$status" -ne 0 ]]; then

@@ -16,6 +16,24 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export DO_NOT_TRACK=1
 # The worker polls every second instead of every 10: a run starts within a few seconds.
 export PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-1}"
+# No silent hangs on a Prefect API that does not answer: each request gives up after LAKEHOUSE_PREFECT_TIMEOUT
+# seconds and is tried twice more (Prefect's defaults, 60 s and 5 more tries, wait 6 minutes and more).
+export LAKEHOUSE_PREFECT_TIMEOUT="${LAKEHOUSE_PREFECT_TIMEOUT:-15}"
+export PREFECT_API_REQUEST_TIMEOUT="${PREFECT_API_REQUEST_TIMEOUT:-$LAKEHOUSE_PREFECT_TIMEOUT}"
+export PREFECT_CLIENT_MAX_RETRIES="${PREFECT_CLIENT_MAX_RETRIES:-2}"
+# prefect_answers: is the API up? If not, say so on stderr, naming it and what to check.
+prefect_answers() {
+    if curl -sf --max-time "$LAKEHOUSE_PREFECT_TIMEOUT" "$PREFECT_API_URL/health" >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "error: the Prefect API at $PREFECT_API_URL did not answer within ${LAKEHOUSE_PREFECT_TIMEOUT}s" \
+        "(LAKEHOUSE_PREFECT_TIMEOUT): start the local server with 'make up' (infra/up.sh) and see" \
+        "$LAKEHOUSE_RUN_DIR/server.log, or point PREFECT_API_URL at a server that runs" >&2
+    return 1
+}
+# Flow runs send a heartbeat every 30 s; infra/zombies.py marks one silent for LAKEHOUSE_ZOMBIE_SECONDS Crashed.
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
+export LAKEHOUSE_ZOMBIE_SECONDS="${LAKEHOUSE_ZOMBIE_SECONDS:-90}"
 
 # Ray's temp dir holds its sockets, and a socket path may not exceed 107 bytes: keep it under .run/ when the checkout's
 # path is short enough, else in /tmp (one dir per stack, reused by every run).

@@ -40,6 +40,7 @@ fi
 
 prefect work-pool create lakehouse --type process --overwrite >/dev/null
 echo "Work pool lakehouse (process) ready"
+python "$LAKEHOUSE_PROJECT_DIR/infra/zombies.py"
 
 if running "$worker_pid"; then
     echo "Worker already running (pid $(cat "$worker_pid"))"

@@ -46,6 +46,13 @@ class Stack:
     api_url: str
     env: dict[str, str]
     logs: Path
+    processes: list[subprocess.Popen[bytes]]
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        worker = _start(["worker", "start", "--pool", POOL, "--type", "process"], self.env,
+                        self.logs / f"worker-{len(self.processes)}.log")
+        self.processes.append(worker)
+        return worker
 
     def prefect(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -74,6 +81,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PREFECT_WORKER_QUERY_SECONDS="1",
         # A run kept waiting by the deployment's concurrency limit is retried this often (default 30 s).
         PREFECT_DEPLOYMENT_CONCURRENCY_SLOT_WAIT_SECONDS="3",
+        # As infra/env.sh: bounded API requests, heartbeats every 30 s, a run silent for 60 s is a zombie.
+        PREFECT_API_REQUEST_TIMEOUT="15",
+        PREFECT_CLIENT_MAX_RETRIES="2",
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+        LAKEHOUSE_ZOMBIE_SECONDS="60",
         LAKEHOUSE_PROJECT_DIR=str(REPO),
         LAKEHOUSE_RAY_CPUS="2",
         LAKEHOUSE_RAY_OBJECT_STORE_BYTES=str(512 << 20),
@@ -81,8 +93,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE="disabled",
     )
-    stack = Stack(api_url=api_url, env=env, logs=base)
     processes: list[subprocess.Popen[bytes]] = []
+    stack = Stack(api_url=api_url, env=env, logs=base, processes=processes)
     try:
         server = ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
         processes.append(_start(server, env, base / "server.log"))
@@ -92,6 +104,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert pool.returncode == 0, pool.stdout + pool.stderr
         deploy = stack.prefect("--no-prompt", "deploy", "--all")
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        zombies = subprocess.run([sys.executable, "infra/zombies.py"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert zombies.returncode == 0, zombies.stdout + zombies.stderr
 
         processes.append(_start(["worker", "start", "--pool", POOL, "--type", "process"], env, base / "worker.log"))
         yield stack
@@ -179,6 +194,71 @@ def test_one_active_run_at_a_time_and_the_backfill_deployment(stack: Stack, tmp_
         t: v + 2 for t, v in silver_versions.items()}
     for table, keys in SORT.items():
         assert_frames_match(pl.read_delta(str(root / "gold" / table)), expected(root / "raw", table), keys)
+
+
+def test_a_run_whose_worker_dies_is_marked_crashed_and_the_next_run_is_not_blocked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from examples.tpch.demo import generate
+    from lakehouse.storage import Storage
+
+    root = tmp_path / "lake"
+    generate(Storage(str(root)), scale_factor=0.01, months=6)
+
+    # given: a run of the deployment under way (Running, past its first stage)
+    flow_run_id = _run_deployment(stack, root, watch=False)
+    deadline = time.monotonic() + 300
+    while not (root / "bronze/region/_delta_log").exists():
+        assert time.monotonic() < deadline, stack.tail("worker.log")
+        time.sleep(0.5)
+    with _client(stack) as client:
+        assert client.read_flow_run(flow_run_id).state.is_running()
+
+    # when the machine's worker dies with the run in it: every process of the run, and the worker, killed at once
+    killed = _kill_run(flow_run_id)
+    assert killed, "found no process of the flow run"
+    for proc in stack.processes[1:]:  # the workers; the server stays
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    died = time.monotonic()
+
+    # then the run is not left Running: within the zombie window (60 s, and the server's evaluation) it is Crashed
+    while True:
+        with _client(stack) as client:
+            run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_crashed():
+            break
+        assert time.monotonic() - died < 180, f"still {run.state} {time.monotonic() - died:.0f}s after the worker died"
+        time.sleep(2)
+    waited = time.monotonic() - died
+    assert "No heartbeat for 60s" in (run.state.message or ""), run.state
+    assert waited >= 30, f"marked Crashed {waited:.0f}s after it died: sooner than a heartbeat could be missed"
+
+    # when a worker is back and the deployment runs again (one run at a time: the crashed one must not hold the slot)
+    stack.start_worker()
+    again = _run_deployment(stack, root)
+
+    # then it completes, and the tables equal the raw files' answer: the crashed run left nothing half done
+    assert {row["status"] for row in _summary(stack, again)} <= {"committed", "skipped"}
+    for table, keys in SORT.items():
+        assert_frames_match(pl.read_delta(str(root / "gold" / table)), expected(root / "raw", table), keys)
+
+
+def _kill_run(flow_run_id: UUID) -> list[int]:
+    """SIGKILL every process of the flow run (its engine, and the Ray processes it started, which inherit its
+    environment), as a lost machine would; the pids killed."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
 
 
 def _run_deployment(

@@ -85,3 +85,37 @@ def test_an_s3_endpoint_that_does_not_answer_fails_fast_naming_it(silent: bool, 
                       "[settings], or LAKEHOUSE_STORAGE_TIMEOUT: 3 s.)"], proc.stderr
     assert seconds < 30
     assert "secret" not in proc.stderr + proc.stdout
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_prefect_api_that_does_not_answer_fails_within_the_timeout_naming_it(silent_port: int,
+                                                                               tmp_path: Path) -> None:
+    # given: the stack's environment (infra/env.sh) pointed at a Prefect API that accepts connections and never answers
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "LAKEHOUSE_PREFECT_PORT": str(silent_port),
+           "LAKEHOUSE_PREFECT_TIMEOUT": "5", "LAKEHOUSE_RUN_DIR": str(tmp_path / "run"),
+           "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1"}
+    api = f"http://127.0.0.1:{silent_port}/api"
+
+    # when the operator runs a deployment through infra/run.sh
+    began = time.monotonic()
+    run = subprocess.run(["bash", "infra/run.sh", "medallion/tpch"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    seconds = time.monotonic() - began
+
+    # then it fails within the timeout, naming the API, the setting and what to do
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert seconds < 5 + 10, seconds
+    assert f"the Prefect API at {api} did not answer within 5s (LAKEHOUSE_PREFECT_TIMEOUT)" in run.stderr
+    assert "make up" in run.stderr
+
+    # when Prefect's own CLI is used in the same environment
+    began = time.monotonic()
+    direct = subprocess.run(["bash", "-c", "source infra/env.sh && prefect deployment run medallion/tpch"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - began
+
+    # then it gives up too, within its three tries of 5 s and their backoff (Prefect's defaults: minutes)
+    assert direct.returncode != 0
+    assert seconds < 60, seconds
