@@ -340,7 +340,7 @@ def _table_lines(t: TableStatus, partitions: int | None) -> list[str]:
         shown = t.partitions if partitions is None else [
             p for i, p in enumerate(t.partitions) if p.behind or i >= len(t.partitions) - partitions]
         if len(shown) < len(t.partitions):
-            lines.append(f"      ({len(t.partitions) - len(shown)} older complete partition(s) not shown; "
+            lines.append(f"      ({len(t.partitions) - len(shown)} older partition(s) not shown, none of them behind; "
                          "--partitions all shows them)")
         for p in shown:
             fresh = f"newest {_short(p.newest)}  " if p.newest else ""
