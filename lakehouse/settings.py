@@ -66,6 +66,9 @@ class Settings:
     # Seconds for the S3 endpoint of an s3:// root (AWS_ENDPOINT_URL) to answer when a run starts, before it fails
     # naming the endpoint (the S3 clients alone retry a silent endpoint for minutes).
     storage_timeout: float = 30.0
+    # An S3 store whose PUTs ignore If-None-Match (so concurrent commits can overwrite each other) is refused when a
+    # run starts; true lets it be written to anyway, for a store only one writer ever uses.
+    allow_unsafe_store: bool = False
     # Late data, per time-partitioned silver table ("*" for all), over the pipeline's Silver.lookback: a landed row
     # for a partition more than N periods (days, months or years: the table's grain) before the table's newest goes
     # to quarantine (check late_arrival) instead of rewriting that closed partition; a backfill of its month takes it
@@ -239,10 +242,14 @@ def _setting(key: str, value: Any, where: str) -> Any:
         if not number(value):
             raise ConfigError(f"{where} must be a number of seconds")
         return float(value)
+    if key == "allow_unsafe_store":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
     raise ConfigError(f"{where}: unknown setting (known: lookback, max_quarantined_share, freshness_days, "
                       "max_ingest_lag_seconds, batch_rows, check_actions, new_columns, expect_delivery, bad_files, "
                       "target_file_rows, broadcast_max_rows, final_task_rows, hot_key_share, salts, "
-                      "orphan_retention_seconds, storage_timeout)")
+                      "orphan_retention_seconds, storage_timeout, allow_unsafe_store)")
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -287,6 +294,11 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"LAKEHOUSE_STORAGE_TIMEOUT must be a number of seconds, not "
                               f"{env['LAKEHOUSE_STORAGE_TIMEOUT']!r}")
         values["storage_timeout"] = float(env["LAKEHOUSE_STORAGE_TIMEOUT"])
+    if env.get("LAKEHOUSE_ALLOW_UNSAFE_STORE"):
+        flag = env["LAKEHOUSE_ALLOW_UNSAFE_STORE"].strip().lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise ConfigError(f"LAKEHOUSE_ALLOW_UNSAFE_STORE must be true or false, not {flag!r}")
+        values["allow_unsafe_store"] = flag in ("true", "1")
     if env.get("LAKEHOUSE_NEW_COLUMNS"):  # "orders=evolve"
         values["new_columns"] = _pairs("LAKEHOUSE_NEW_COLUMNS", env["LAKEHOUSE_NEW_COLUMNS"],
                                        lambda v: v in ("evolve", "fail"))

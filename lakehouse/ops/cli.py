@@ -225,7 +225,7 @@ def _plan(args: argparse.Namespace) -> int:
     from lakehouse.running.context import RunContext
 
     settings = _settings(args)
-    ctx = RunContext.start(settings, full_refresh=args.full_refresh)
+    ctx = RunContext.start(settings, full_refresh=args.full_refresh, read_only=True)
     planned = dryrun.describe(ctx, runner.pipeline_of(settings))
     if args.format == "json":
         print(json.dumps([p.as_dict() for p in planned], indent=2))
@@ -262,7 +262,7 @@ def _status(args: argparse.Namespace) -> int:
 
     shown = None if args.partitions == "all" else _count(args.partitions, "--partitions")
     settings = _settings(args)
-    found = status.status(RunContext.start(settings), runner.pipeline_of(settings))
+    found = status.status(RunContext.start(settings, read_only=True), runner.pipeline_of(settings))
     if args.table:
         unknown = [t for t in args.table if t not in {t.table for t in found.tables}]
         if unknown:

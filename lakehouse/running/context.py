@@ -44,10 +44,15 @@ class RunContext:
         run_id: str | None = None,
         months: tuple[str, str] | None = None,
         logical_date: dt.date | None = None,
+        read_only: bool = False,
     ) -> RunContext:
         """A run's context, as it starts: an S3 root whose endpoint does not answer fails here, within the settings'
-        ``storage_timeout``, rather than in the first stage after the S3 clients' minutes of retries."""
-        Storage.from_settings(settings).check_answers(settings.storage_timeout)
+        ``storage_timeout``, rather than in the first stage after the S3 clients' minutes of retries; and, unless
+        ``read_only`` (plan, status) or ``allow_unsafe_store``, one whose PUTs ignore If-None-Match is refused."""
+        storage = Storage.from_settings(settings)
+        storage.check_answers(settings.storage_timeout)
+        if not read_only and not settings.allow_unsafe_store:
+            storage.check_conditional_puts()
         now = dt.datetime.now(dt.UTC)
         return cls(settings=settings, run_id=run_id or new_run_id(now), started_at=now, full_refresh=full_refresh,
                    months=months, logical_date=logical_date)

@@ -13,6 +13,7 @@ import posixpath
 import ssl
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -83,6 +84,14 @@ class Storage:
                 f"port are right. (The wait is storage_timeout in [settings], or LAKEHOUSE_STORAGE_TIMEOUT: "
                 f"{timeout:g} s.)") from e
 
+    def check_conditional_puts(self) -> None:
+        """Refuse an S3 store whose PUTs ignore ``If-None-Match: *``: delta-rs commits a version by putting its log
+        file only if it is not there yet, so on such a store two writers at once both "win" and one's commit is lost
+        without a word. Checked once per process and store: a probe object under ``_meta/`` put twice, the second
+        time expecting to be refused, then deleted."""
+        if self.is_s3:
+            _probe_conditional_puts(self.root, self.options)
+
     def delta_options(self) -> dict[str, str]:
         return dict(self.options)
 
@@ -132,6 +141,41 @@ class Storage:
                 fs.delete_dir(path)
             except FileNotFoundError:  # deleted concurrently
                 pass
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_conditional_puts(root: str, options: tuple[tuple[str, str], ...]) -> None:
+    import s3fs
+
+    opts = dict(options)
+    endpoint = opts.get("AWS_ENDPOINT_URL") or None
+    fs = s3fs.S3FileSystem(key=opts.get("AWS_ACCESS_KEY_ID"), secret=opts.get("AWS_SECRET_ACCESS_KEY"),
+                           client_kwargs={"endpoint_url": endpoint, "region_name": opts.get("AWS_REGION")})
+    bucket, _, prefix = root[len("s3://"):].partition("/")
+    key = posixpath.join(prefix, "_meta", f".conditional-put-probe-{uuid.uuid4().hex}")
+    store = f"{endpoint or 'AWS S3'} (root {root})"
+    try:
+        fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"1", IfNoneMatch="*")
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"2", IfNoneMatch="*")
+        except FileExistsError:  # 412 Precondition Failed: the store honours it
+            return
+        raise ConfigError(
+            f"the object store at {store} does not honour conditional writes: a second PUT with If-None-Match: * "
+            "of the same key was accepted. Delta commits rely on it: two runs at once would overwrite each other's "
+            "commits and lose data silently. Use a store that refuses such a PUT with 412 (AWS S3, MinIO, Ceph RGW "
+            "and Cloudflare R2 do), or, if only one writer ever runs, set allow_unsafe_store = true in [settings] "
+            "(LAKEHOUSE_ALLOW_UNSAFE_STORE=true).")
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"could not check conditional writes on the object store at {store}: "
+                          f"{type(e).__name__}: {e}") from e
+    finally:
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key)
+        except Exception:  # the probe is tiny, under _meta/: left behind, it harms nothing
+            pass
 
 
 @functools.lru_cache(maxsize=8)
