@@ -44,17 +44,18 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def versions(root: Path) -> dict[str, int | None]:
-    storage = Storage(str(root))
+def versions(root: Path | str, options: dict[str, str] | None = None) -> dict[str, int | None]:
+    storage = Storage(str(root), tuple(sorted((options or {}).items())))
     return {str(r): snapshot(storage, r).version for r in list_tables(storage, LAYERS)}
 
 
-def contents(root: Path) -> dict[str, pl.DataFrame]:
-    """Every data table's rows (bronze, silver, gold, quarantine), sorted, without the run-specific columns."""
-    storage = Storage(str(root))
+def contents(root: Path | str, options: dict[str, str] | None = None) -> dict[str, pl.DataFrame]:
+    """Every data table's rows (bronze, silver, gold, quarantine), sorted, without the run-specific columns; ``root``
+    may be ``s3://...``, reached with deltalake-style ``options``."""
+    storage = Storage(str(root), tuple(sorted((options or {}).items())))
     found = {}
     for ref in list_tables(storage, LAYERS):
-        df = pl.read_delta(storage.uri(ref.rel))
+        df = pl.read_delta(storage.uri(ref.rel), storage_options=options)
         df = df.drop([c for c in VOLATILE if c in df.columns])
         keys = [c for c, t in df.schema.items() if not t.is_float()]
         found[str(ref)] = df.select(sorted(df.columns)).sort(sorted(keys))
