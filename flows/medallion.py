@@ -198,7 +198,7 @@ class _Progress:
 
 
 def _logger() -> Any:
-    """The running task's logger (its lines show on its task run and the flow run), else the flow's."""
+    """The running task's (or flow's) logger, whose lines show on its run's page; outside a run, a plain one."""
     try:
         return get_run_logger()
     except Exception:
