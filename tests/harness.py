@@ -44,6 +44,14 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def upload(raw: Path, root: str, options: dict[str, str]) -> None:
+    """Every file under ``raw`` (a root holding ``raw/...``) copied to the same place under ``root`` (``s3://...``)."""
+    storage = Storage(root, tuple(sorted(options.items())))
+    for path in sorted((raw / "raw").rglob("*")):
+        if path.is_file():
+            storage.write_bytes_atomic(path.relative_to(raw).as_posix(), path.read_bytes())
+
+
 def versions(root: Path | str, options: dict[str, str] | None = None) -> dict[str, int | None]:
     storage = Storage(str(root), tuple(sorted((options or {}).items())))
     return {str(r): snapshot(storage, r).version for r in list_tables(storage, LAYERS)}

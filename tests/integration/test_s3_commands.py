@@ -16,7 +16,7 @@ from moto.server import ThreadedMotoServer
 
 from examples.events.demo import generate
 from lakehouse.storage import Storage
-from tests.harness import assert_same_lake, cli, cli_env, contents, versions
+from tests.harness import assert_same_lake, cli, cli_env, contents, upload, versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,10 +56,7 @@ def test_every_command_on_s3_does_what_it_does_locally_and_never_shows_the_secre
     local = tmp_path / "local"
     shutil.copytree(raw / "raw", local / "raw")
     remote = "s3://lake/events"
-    storage = Storage(remote, tuple(sorted(s3.items())))
-    for path in sorted((raw / "raw").rglob("*")):
-        if path.is_file():
-            storage.write_bytes_atomic(path.relative_to(raw).as_posix(), path.read_bytes())
+    upload(raw, remote, s3)
     env = cli_env(tmp_path, ray_address=ray_address, **s3)
     said: list[str] = []
 

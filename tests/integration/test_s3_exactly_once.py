@@ -12,16 +12,9 @@ import pytest
 
 from examples.events.demo import generate
 from lakehouse.storage import Storage
-from tests.harness import assert_same_lake, cli, cli_env, contents, start, versions
+from tests.harness import assert_same_lake, cli, cli_env, contents, start, upload, versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _land(s3: dict[str, str], raw: Path, root: str) -> None:
-    storage = Storage(root, tuple(sorted(s3.items())))
-    for path in sorted((raw / "raw").rglob("*")):
-        if path.is_file():
-            storage.write_bytes_atomic(path.relative_to(raw).as_posix(), path.read_bytes())
 
 
 def test_racing_runs_and_a_killed_run_on_s3_end_as_one_clean_run(
@@ -36,8 +29,8 @@ def test_racing_runs_and_a_killed_run_on_s3_end_as_one_clean_run(
     assert cli("run", "--root", str(local), "--pipeline", "events", env=env).returncode == 0
     wanted, wanted_versions = contents(local), versions(local)
     raced, killed = "s3://lake/raced", "s3://lake/killed"
-    _land(s3_options, raw, raced)
-    _land(s3_options, raw, killed)
+    upload(raw, raced, s3_options)
+    upload(raw, killed, s3_options)
 
     # when two runs start at the same moment on one S3 root
     procs = [start("run", "--root", raced, "--pipeline", "events", env=env) for _ in range(2)]
