@@ -136,16 +136,17 @@ def _partition_str(value: Any) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
+# How :func:`restore` clears a watermark the restored version did not have (Delta has no action that removes an app
+# transaction); read back as None. Not -1: a change stage's watermark of -1 means "reset, apply every event again".
+NO_WATERMARK = -2
+
+
 def txn_version(storage: Storage, ref: TableRef, app_id: str, version: int | None = None) -> int | None:
     """The last version recorded for ``app_id`` in the table (our watermark) at ``version`` (default the latest), or
-    None. A negative one is None too: it is how :func:`restore` clears a watermark the restored version did not
-    have (Delta has no action that removes an app transaction)."""
+    None (never set, or cleared by a restore)."""
     dt = _open(storage, ref, version)
     found = None if dt is None else dt.transaction_version(app_id)
-    return None if found is None or found < 0 else found
-
-
-NO_WATERMARK = -1
+    return None if found is None or found == NO_WATERMARK else found
 
 
 @dataclass(frozen=True)
