@@ -1,10 +1,10 @@
-"""Delta tables: deltalake's home (:mod:`.delta`: snapshots, the one commit builder, log reading), MERGE on keys
+"""Delta tables: deltalake's home (:mod:`.delta`: snapshots, the one commit builder, log reading; :mod:`.versions`:
+the history of versions and restoring one), MERGE on keys
 (:mod:`.merge` plans from the log and commits, :mod:`.merge_tasks` runs on workers), and the key ranges of files
 from their statistics (:mod:`.ranges`)."""
 
 from lakehouse.table.delta import (
     META_PREFIX,
-    Commit,
     Orphan,
     Snapshot,
     TableFile,
@@ -12,19 +12,16 @@ from lakehouse.table.delta import (
     add_columns,
     append_rows,
     commit,
-    commits_since,
     delete_files,
-    history,
     list_tables,
     merge_rows,
     orphans,
     referenced_paths,
-    restore,
     snapshot,
     to_arrow_dataset,
     txn_version,
-    watermarks_changed,
 )
+from lakehouse.table.versions import Commit, commits_since, history, restore, watermarks_changed
 
 __all__ = [
     "META_PREFIX",

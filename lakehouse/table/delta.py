@@ -89,7 +89,8 @@ class Snapshot:
         return [f for f in self.files if tuple(f.partition_values.get(c) for c in self.partition_by) in wanted]
 
 
-def _open(storage: Storage, ref: TableRef, version: int | None = None) -> DeltaTable | None:
+def open_table(storage: Storage, ref: TableRef, version: int | None = None) -> DeltaTable | None:
+    """The table at ``version`` (default the latest), or None when there is no table."""
     try:
         return DeltaTable(storage.uri(ref.rel), version=version, storage_options=storage.delta_options())
     except TableNotFoundError:
@@ -98,7 +99,7 @@ def _open(storage: Storage, ref: TableRef, version: int | None = None) -> DeltaT
 
 def snapshot(storage: Storage, ref: TableRef, version: int | None = None) -> Snapshot:
     """Read the table's log (never its data) at ``version`` or the latest."""
-    dt = _open(storage, ref, version)
+    dt = open_table(storage, ref, version)
     if dt is None:
         return Snapshot(ref=ref, version=None)
     meta = dt.metadata()
@@ -144,100 +145,9 @@ NO_WATERMARK = -2
 def txn_version(storage: Storage, ref: TableRef, app_id: str, version: int | None = None) -> int | None:
     """The last version recorded for ``app_id`` in the table (our watermark) at ``version`` (default the latest), or
     None (never set, or cleared by a restore)."""
-    dt = _open(storage, ref, version)
+    dt = open_table(storage, ref, version)
     found = None if dt is None else dt.transaction_version(app_id)
     return None if found is None or found == NO_WATERMARK else found
-
-
-@dataclass(frozen=True)
-class Commit:
-    """One version of a table as its commit info tells it: when, which operation, and the metadata our commits carry
-    (``run_id``, ``stage``, ``inputs``... without the ``lakehouse.`` prefix)."""
-
-    version: int
-    timestamp_ms: int
-    operation: str
-    info: dict[str, str]
-
-    @property
-    def run_id(self) -> str | None:
-        return self.info.get("run_id")
-
-    @property
-    def inputs(self) -> dict[str, int]:
-        """The versions of the tables the commit's stage read (``silver.orders`` -> 7), as its metadata says."""
-        try:
-            found = json.loads(self.info.get("inputs") or "{}")
-        except ValueError:
-            return {}
-        return {k: v for k, v in found.items() if isinstance(v, int)} if isinstance(found, dict) else {}
-
-
-def history(storage: Storage, ref: TableRef) -> list[Commit]:
-    """Every version of the table still in its log, oldest first (the commit infos only: no data file is read)."""
-    dt = _open(storage, ref)
-    if dt is None:
-        return []
-    commits = [
-        Commit(version=int(h["version"]), timestamp_ms=int(h.get("timestamp") or 0),
-               operation=str(h.get("operation") or ""),
-               info={k[len(META_PREFIX):]: str(v) for k, v in h.items() if k.startswith(META_PREFIX)})
-        for h in dt.history()
-    ]
-    return sorted(commits, key=lambda c: c.version)
-
-
-def watermarks_changed(storage: Storage, ref: TableRef, since: int | None, until: int) -> dict[str, int | None]:
-    """The app transactions (watermarks) set by versions ``since`` + 1 .. ``until``, each with the value it had at
-    ``since`` (None where it had none; ``since`` None: the table did not exist). Read from those versions' commit
-    files: Delta keeps no index of app transactions by version."""
-    fs = storage.filesystem()
-    apps: set[str] = set()
-    for v in range((-1 if since is None else since) + 1, until + 1):
-        path = storage.fs_path(f"{ref.rel}/{LOG_DIR}/{v:020d}.json")
-        try:
-            with fs.open_input_stream(path) as f:
-                lines = f.read().decode().splitlines()
-        except FileNotFoundError as e:
-            raise TableError(f"the log of version {v} is gone (expired by log retention), so the watermarks it set "
-                             "are not known", table=str(ref)) from e
-        apps.update(json.loads(t)["txn"]["appId"] for t in lines if t.strip().startswith('{"txn"'))
-    return {app: None if since is None else txn_version(storage, ref, app, since) for app in sorted(apps)}
-
-
-def restore(
-    storage: Storage, ref: TableRef, *, to: int | None, expect: int, metadata: Mapping[str, Any]
-) -> int:
-    """Make the table's content, schema and watermarks those of version ``to`` again, as one new version made against
-    ``expect`` (a concurrent commit raises :class:`CommitConflict`; history stays for time travel). ``to`` None
-    empties the table (the versions undone created it). Returns the new version."""
-    marks = watermarks_changed(storage, ref, to, expect)
-    props = CommitProperties(
-        custom_metadata={f"{META_PREFIX}{k}": _meta_value(v) for k, v in metadata.items()},
-        max_commit_retries=0,
-        app_transactions=[Transaction(app, NO_WATERMARK if v is None else v) for app, v in marks.items()],
-    )
-    dt = _open(storage, ref, expect)
-    if dt is None:
-        raise TableError("table does not exist", table=str(ref))
-    faults.point(f"{ref}:before_commit")
-    try:
-        if to is None:
-            now = int(time.time() * 1000)
-            files = snapshot(storage, ref, expect).files
-            removes: list[AddAction | RemoveAction] = [
-                RemoveAction(f.path, True, now, f.size, f.partition_values) for f in files]
-            dt.create_write_transaction(removes, mode="append", schema=pa.schema(dt.schema()),
-                                        partition_by=list(dt.metadata().partition_columns) or None,
-                                        commit_properties=props)
-        else:
-            dt.restore(to, commit_properties=props)
-    except CommitFailedError as e:
-        raise CommitConflict(f"concurrent commit after version {expect}: {e}", table=str(ref)) from e
-    except Exception as e:
-        raise TableError(f"could not restore version {to}: {e}", table=str(ref)) from e
-    faults.point(f"{ref}:after_commit")
-    return expect + 1
 
 
 def commit(
@@ -264,7 +174,7 @@ def commit(
         AddAction(a.path, a.size, a.partition_values, a.modification_time or now, True, a.stats) for a in adds
     ]
     props = CommitProperties(
-        custom_metadata={f"{META_PREFIX}{k}": _meta_value(v) for k, v in (metadata or {}).items()},
+        custom_metadata=commit_metadata(metadata),
         max_commit_retries=0,
         app_transactions=[Transaction(app, int(v)) for app, v in (app_transactions or {}).items()],
     )
@@ -281,7 +191,7 @@ def commit(
             )
             faults.point(f"{ref}:after_commit")
             return 0
-        dt = _open(storage, ref, base.version)
+        dt = open_table(storage, ref, base.version)
         assert dt is not None
         remove_actions = [RemoveAction(f.path, True, now, f.size, f.partition_values) for f in removes]
         dt.create_write_transaction(
@@ -298,7 +208,7 @@ def commit(
             raise CommitConflict(f"table was created concurrently: {e}", table=str(ref)) from e
         raise TableError(f"commit failed: {e}", table=str(ref)) from e
     faults.point(f"{ref}:after_commit")
-    latest = _open(storage, ref)
+    latest = open_table(storage, ref)
     assert latest is not None
     return latest.version()
 
@@ -320,12 +230,12 @@ def merge_rows(
     is true, updated when a ``compare`` column differs and its ``newer`` columns are not older; a new key is inserted
     unless it is a delete. Returns delta-rs' counts. Used for small targets (see ``lakehouse.table.merge``)."""
     ref = base.ref
-    dt = _open(storage, ref, base.version)
+    dt = open_table(storage, ref, base.version)
     if dt is None:
         raise TableError("table does not exist", table=str(ref))
     faults.point(f"{ref}:before_commit")
     props = CommitProperties(
-        custom_metadata={f"{META_PREFIX}{k}": _meta_value(v) for k, v in (metadata or {}).items()},
+        custom_metadata=commit_metadata(metadata),
         max_commit_retries=0,
         app_transactions=[Transaction(app, int(v)) for app, v in (app_transactions or {}).items()],
     )
@@ -353,22 +263,12 @@ def merge_rows(
     return {k: int(v) for k, v in metrics.items() if isinstance(v, int)}
 
 
-def commits_since(storage: Storage, ref: TableRef, version: int) -> list[dict[str, str]]:
-    """The ``metadata`` our commits after ``version`` carried (keys without the ``lakehouse.`` prefix), newest first."""
-    dt = _open(storage, ref)
-    if dt is None or dt.version() <= version:
-        return []
-    prefix = "lakehouse."
-    return [{k[len(prefix):]: v for k, v in h.items() if k.startswith(prefix)}
-            for h in dt.history(dt.version() - version) if h.get("version", -1) > version]
-
-
 def add_columns(storage: Storage, base: Snapshot, fields: list[pa.Field], *, run_id: str) -> Snapshot:
     """Widen the table's schema by ``fields`` (nullable; existing rows read them as null) in one version made against
     ``base`` by run ``run_id``, and return the snapshot after it. A concurrent commit raises :class:`CommitConflict`."""
     from deltalake import Field
 
-    dt = _open(storage, base.ref, base.version)
+    dt = open_table(storage, base.ref, base.version)
     assert dt is not None
     delta_fields = [Field(f.name, _delta_schema(pa.schema([f])).fields[0].type, nullable=True) for f in fields]
     props = CommitProperties(max_commit_retries=0, custom_metadata={f"{META_PREFIX}stage": "add_columns",
@@ -388,8 +288,11 @@ def _delta_schema(schema: pa.Schema) -> Any:
     return Schema.from_arrow(schema)
 
 
-def _meta_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+def commit_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """Our metadata as a commit carries it: each key under the ``lakehouse.`` prefix, each value as text (JSON when
+    it is not a string)."""
+    return {f"{META_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v, default=str)
+            for k, v in (metadata or {}).items()}
 
 
 def _check_files_exist(storage: Storage, ref: TableRef, adds: list[DataFile]) -> None:
@@ -416,7 +319,7 @@ def append_rows(storage: Storage, ref: TableRef, rows: pa.Table) -> None:
 
 def to_arrow_dataset(storage: Storage, ref: TableRef, version: int | None = None) -> Any:
     """A pyarrow dataset over the table's current files (for DuckDB and tests; readers only)."""
-    dt = _open(storage, ref, version)
+    dt = open_table(storage, ref, version)
     if dt is None:
         raise TableError("table does not exist", table=str(ref))
     return dt.to_pyarrow_dataset()
