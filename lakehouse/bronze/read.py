@@ -1,6 +1,10 @@
 """Reading a landed file: CSV (with its source's delimiter, quote and null markers), NDJSON or Parquet, optionally
 gzipped, every value as a string, with each row's line number. Malformed lines come back apart (``Bad``) to be
-quarantined; a file that cannot be read as a whole raises :class:`SourceFileError`."""
+quarantined; a file that cannot be read as a whole raises :class:`SourceFileError`.
+
+A source of change events keeps each record whole, as the JSON text of one ``event`` column: the forms a Debezium
+feed takes (an envelope, Kafka Connect's ``{"schema", "payload"}`` wrapping, a flattened row) differ in their
+top-level fields, event by event, and the change stage tells them apart (:mod:`lakehouse.cdc.debezium`)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from lakehouse.storage import Storage
 
 FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json", ".parquet": "parquet"}
 DECLARED = {"csv": "csv", "ndjson": "json", "parquet": "parquet"}  # a Source's format -> the reader
+EVENT = "event"  # the one bronze column of a change-event source
 COMPRESSED = ".gz"  # text formats may come gzipped: part-0.csv.gz
 
 def file_format(path: str) -> str | None:
@@ -58,8 +63,10 @@ def read_landed(storage: Storage, path: str, fmt: str, declared: Source) -> tupl
     readers: dict[str, Callable[[bytes, str], tuple[pa.Table, list[int], list[Bad]]]] = {
         "csv": functools.partial(read_csv, delimiter=declared.delimiter, quote=declared.quote,
                                  nulls=tuple(declared.nulls)),
-        "json": functools.partial(read_json, tombstones=declared.changes), "parquet": read_parquet}
+        "json": functools.partial(read_json, changes=declared.changes), "parquet": read_parquet}
     rows, lines, bad = readers[fmt](raw, path)
+    if declared.changes and fmt != "json":  # a flattened feed as CSV or Parquet: each row is one event
+        rows = pa.table({EVENT: pa.array([json.dumps(r) for r in rows.to_pylist()], pa.string())})
     if rows.num_rows == 0 and not bad:
         raise SourceFileError("no data rows (only a header)" if fmt == "csv" else "no data rows", path=path)
     return rows, lines, bad
@@ -179,9 +186,10 @@ def _record_lines(raw: bytes) -> Any:
     return lambda record: nonblank[record - 1] if record <= len(nonblank) else record
 
 
-def read_json(raw: bytes, path: str, *, tombstones: bool = False) -> tuple[pa.Table, list[int], list[Bad]]:
-    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text. With ``tombstones``
-    a ``null`` line (what a Kafka Connect sink writes after a delete) is no record; otherwise it is malformed."""
+def read_json(raw: bytes, path: str, *, changes: bool = False) -> tuple[pa.Table, list[int], list[Bad]]:
+    """Newline-delimited JSON objects; scalar values become strings, nested ones their JSON text. With ``changes``
+    (a change-event source) a ``null`` line (what a Kafka Connect sink writes after a delete) is no record, and each
+    object is kept whole as the text of column ``event``; otherwise a ``null`` line is malformed."""
     records: list[dict[str, str | None]] = []
     lines: list[int] = []
     bad: list[Bad] = []
@@ -200,13 +208,17 @@ def read_json(raw: bytes, path: str, *, tombstones: bool = False) -> tuple[pa.Ta
         except json.JSONDecodeError as e:
             bad.append((number, line, f"invalid JSON: {e.msg} at column {e.colno}"))
             continue
-        if obj is None and tombstones:
+        if obj is None and changes:
             continue  # a tombstone (Kafka's null value after a delete): no record
         if not isinstance(obj, dict):
             bad.append((number, line, f"expected a JSON object, found {'null' if obj is None else type(obj).__name__}"))
             continue
-        records.append({k: _json_string(v) for k, v in obj.items()})
-        columns.update(dict.fromkeys(obj))
+        if changes:  # a change event: kept whole, as landed
+            records.append({EVENT: line})
+            columns[EVENT] = None
+        else:
+            records.append({k: _json_string(v) for k, v in obj.items()})
+            columns.update(dict.fromkeys(obj))
         lines.append(number)
     schema = pa.schema([(c, pa.string()) for c in columns])
     return pa.Table.from_pylist(records, schema=schema), lines, bad

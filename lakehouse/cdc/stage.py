@@ -5,6 +5,7 @@ their current state into the silver table."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +13,13 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import bronze, engine, silver, table
+from lakehouse.cdc.debezium import Options
 from lakehouse.cdc.events import EVENT, SNAPSHOT_LSN, TIMESTAMP, chains, current, parse_events
-from lakehouse.quality import quarantine
-from lakehouse.quality.validation import model_dtypes
+from lakehouse.quality import checks, quarantine
+from lakehouse.quality.validation import ROW_ID, model_dtypes, model_metadata
 from lakehouse.running.context import RunContext, StageResult
+from lakehouse.silver.reports import Finding
+from lakehouse.silver.tasks import summaries
 from lakehouse.spec import Cdc, Silver, Source
 from lakehouse.storage import Storage
 from lakehouse.storage.files import DataFile, write_data_file
@@ -25,6 +29,13 @@ from lakehouse.table import merge, ranges
 
 def app_id(name: str) -> str:
     return silver.cdc_app_id(name)
+
+
+def truncates_app_id(name: str) -> str:
+    """Recorded on the history table: how many truncates were applied (each one's LSN and commit time under
+    ``<id>.<i>.lsn`` and ``<id>.<i>.ms``), so an event older than a truncate that arrives after it is still closed
+    by it."""
+    return f"{silver.cdc_app_id(name)}.truncates"
 
 
 def current_app_id(name: str) -> str:
@@ -38,10 +49,14 @@ def history_schema(spec: Any) -> pa.Schema:
     base = silver.arrow_schema(spec)
     fields = [f for f in base if f.name not in ("_run_id",)]
     fields += [pa.field("valid_from", pa.timestamp("us", tz="UTC")), pa.field("valid_to", pa.timestamp("us", tz="UTC")),
-               pa.field("is_current", pa.bool_()), pa.field("is_deleted", pa.bool_()), pa.field("_lsn", pa.int64()),
+               pa.field("is_current", pa.bool_()), pa.field("is_deleted", pa.bool_()),
+               # the operation that opened the version (c, u, r; d for a tombstone; none for the snapshot's rows)
+               pa.field("_op", pa.string()), pa.field("_lsn", pa.int64()),
                pa.field("_end_lsn", pa.int64()), pa.field("_end_op", pa.string()),
                # the commit times of the events that opened and closed the version, in ms (for the lag)
-               pa.field("_ts_ms", pa.int64()), pa.field("_end_ts_ms", pa.int64())]
+               pa.field("_ts_ms", pa.int64()), pa.field("_end_ts_ms", pa.int64()),
+               # the columns the opening event did not carry (JSON list): their values are the version before's
+               pa.field("_unavailable", pa.string())]
     return pa.schema(fields)
 
 
@@ -81,24 +96,39 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
     staging = f"_staging/{ctx.run_id}/cdc/{cdc.name}"
     common = {"storage": storage, "spec": spec, "staging": staging, "run_id": ctx.run_id}
     try:
+        options = Options(cdc.decimal_handling, tuple(cdc.scales), cdc.unavailable_value)  # type: ignore[arg-type]
         parsed: list[Parsed] = engine.map_items([{"path": f.path} for f in new_files], _parse_file,
-                                                fn_kwargs={**common, "source": cdc.source})
+                                                fn_kwargs={**common, "source": cdc.source, "options": options,
+                                                           "truncate": cdc.truncate})
         events = [m.events for m in parsed if m.events is not None]
         rejected = [m.quarantined for m in parsed if m.quarantined is not None]
         result.files_in = len(new_files)
         result.rows_in = sum(m.rows for m in parsed)
         result.rows_quarantined = sum(f.rows for f in rejected)
+        skipped = sum(m.skipped for m in parsed)
+        # Before any commit: a batch with too large a share of its events quarantined leaves no trace.
+        gate = checks.gates(cdc.table, model_metadata(spec.model), ctx.settings)
+        if gate.max_quarantined_share is not None:
+            worst = max((dataclasses.asdict(f) for m in parsed for f in m.findings), key=lambda f: f["n"], default=None)
+            result.checks.append(checks.quarantined_share(gate, result.rows_in - skipped, result.rows_quarantined,
+                                                          gate.max_quarantined_share, worst))
+        checks.enforce(result.checks)
         info = {"run_id": ctx.run_id, "stage": "cdc", "inputs": result.inputs}
         quarantine.commit(storage, cdc.source, rejected, stage="silver", replace=ctx.full_refresh, metadata=info)
         event_items = [{"path": f.path, "partition_values": {}} for f in events]
+        seed = rebuild or not history.exists
+        new_truncates = sorted({t for m in parsed for t in m.truncates})
+        truncates = _truncates(storage, history, cdc.name, new_truncates, seed=seed)
         marks: dict[str, int] = {}  # watermarks still to record on the history (nothing changed to carry them)
         if not done_history:
             history, changed = _commit_history(ctx, cdc, spec, history, target, event_items, staging, info,
-                                               source.version, seed=rebuild or not history.exists)
+                                               source.version, seed=seed, truncates=truncates,
+                                               all_keys=bool(new_truncates))
             if not changed:
                 marks[app] = source.version
         if not done_current:
-            item = {"events": event_items, "history": [ranges.ranged_item(f, spec.keys[0]) for f in history.files]}
+            item = {"events": event_items, "history": [ranges.ranged_item(f, spec.keys[0]) for f in history.files],
+                    "all_keys": bool(new_truncates)}
             kwargs = {**common, "history_rel": history.ref.rel, "target_schema": target.schema}
             staged: list[DataFile] = engine.map_items([item], _current_rows, fn_kwargs=kwargs)
             merged = merge.merge(
@@ -119,6 +149,11 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
             counts = merged.counts
             result.message = (f"{cdc.name} at version {current_version}: {counts['inserted']} inserted, "
                               f"{counts['updated']} updated, {counts['deleted']} deleted")
+            if new_truncates:
+                result.message += f"; {len(new_truncates)} truncate(s) applied"
+        if skipped:
+            result.message = "; ".join(filter(None, [
+                result.message, f"{skipped} event(s) that change no row (logical messages, tombstones) skipped"]))
         if marks:
             table.commit(storage, table.snapshot(storage, history.ref), schema=history_schema(spec), adds=[],
                          app_transactions=marks, metadata=info)
@@ -141,6 +176,7 @@ def _lag(history: table.Snapshot, ctx: RunContext) -> float:
 def _commit_history(
     ctx: RunContext, cdc: Cdc, spec: Silver, history: table.Snapshot, target: table.Snapshot,
     events: list[dict[str, Any]], staging: str, info: dict[str, Any], version: int, *, seed: bool,
+    truncates: dict[str, int], all_keys: bool,
 ) -> tuple[table.Snapshot, bool]:
     """Rebuild the chains of the keys the events touch, in one commit; with ``seed`` (the first time, or after the
     snapshot stage rewrote the table) the table's rows are the first version of every key and every event is
@@ -149,7 +185,8 @@ def _commit_history(
     storage = ctx.storage
     key = spec.keys[0]
     item = {"events": events, "history": [] if seed else [ranges.ranged_item(f, key) for f in history.files],
-            "seed": [f.item() for f in target.files] if seed else []}
+            "seed": [f.item() for f in target.files] if seed else [], "all_keys": all_keys,
+            "truncates": _truncate_list(truncates, cdc.name)}
     kwargs = {"storage": storage, "spec": spec, "history_rel": silver.ref(cdc.history).rel, "staging": staging,
               "run_id": ctx.run_id, "max_rows": ctx.settings.target_file_rows}
     [out] = engine.map_items([item], _rebuild_history, fn_kwargs=kwargs)
@@ -159,8 +196,33 @@ def _commit_history(
     if not adds and not removes and history.exists:
         return history, False  # every touched chain is as it was (redelivered or already applied events)
     table.commit(storage, history, schema=history_schema(spec), adds=adds, removes=removes,
-                 app_transactions={app_id(cdc.name): version}, metadata=info)
+                 app_transactions={app_id(cdc.name): version, **truncates}, metadata=info)
     return table.snapshot(storage, history.ref), True
+
+
+def _truncates(storage: Storage, history: table.Snapshot, name: str, new: list[tuple[int, int]], *,
+               seed: bool) -> dict[str, int]:
+    """The truncates applied so far (none when every event is applied again) and ``new`` ones ((LSN, commit ms)),
+    as the app transactions that record them on the history table."""
+    known: set[tuple[int, int]] = set()
+    app = truncates_app_id(name)
+    if not seed and history.exists:
+        count = table.txn_version(storage, history.ref, app) or 0
+        ids = [f"{app}.{i}.{part}" for i in range(count) for part in ("lsn", "ms")]
+        found = table.txn_versions(storage, history.ref, ids)
+        known = {(found[f"{app}.{i}.lsn"] or 0, found[f"{app}.{i}.ms"] or 0) for i in range(count)}
+    every = sorted(known | set(new))
+    if not every:
+        return {}
+    marks = {app: len(every)}
+    for i, (lsn, ms) in enumerate(every):
+        marks |= {f"{app}.{i}.lsn": lsn, f"{app}.{i}.ms": ms}
+    return marks
+
+
+def _truncate_list(marks: dict[str, int], name: str) -> list[tuple[int, int]]:
+    app = truncates_app_id(name)
+    return [(marks[f"{app}.{i}.lsn"], marks[f"{app}.{i}.ms"]) for i in range(marks.get(app, 0))]
 
 
 # --- worker side -------------------------------------------------------------------------------------------------
@@ -173,6 +235,9 @@ class Parsed:
     rows: int
     events: DataFile | None
     quarantined: DataFile | None
+    skipped: int = 0  # events that change no row (logical messages, wrapped tombstones)
+    truncates: tuple[tuple[int, int], ...] = ()  # (LSN, commit ms) of the truncates among the events
+    findings: tuple[Finding, ...] = ()  # why events were quarantined, per check and column
 
 
 @dataclass(frozen=True)
@@ -184,21 +249,36 @@ class Rewrite:
 
 
 def _parse_file(
-    item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, source: str
+    item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, source: str,
+    options: Options, truncate: str,
 ) -> list[Parsed]:
     raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
     qfile = f = None
-    events, rejected = parse_events(raw, spec.model, tuple(spec.keys))
+    parse = parse_events(raw, spec.model, tuple(spec.keys), options, truncate)
+    events, rejected = parse.events, parse.rejected
     failing = rejected.filter(pl.col("action") == "fail")
-    if failing.height:  # a model rule whose action is fail: the run stops, naming the event
+    if failing.height:  # a model rule (or a truncate) whose action is fail: the run stops, naming the event
         raise silver.row_failure(str(silver.ref(spec.name)), raw, failing)
-    if rejected.height:  # the envelope as landed, with the reason
-        q = silver.rejected_records(raw, rejected, run_id)
+    if rejected.height:  # the event as landed, with the reason
+        q = _rejected_events(raw, rejected, run_id)
         qfile = quarantine.write(storage, source, q, stage="silver", source_file=q.column("_source_file")[0].as_py(),
                                  run_id=run_id)
     if events.height:
         f = write_data_file(storage, staging, events.to_arrow(), prefix="events")
-    return [Parsed(raw.height, f, qfile)]
+    cut = events.filter(pl.col("_op") == "t")
+    truncates = tuple(zip(cut.get_column("_lsn").to_list(), cut.get_column("_ts_ms").to_list(), strict=True))
+    return [Parsed(raw.height, f, qfile, parse.skipped, truncates, tuple(summaries(raw, rejected, "reject")))]
+
+
+def _rejected_events(raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str) -> pa.Table:
+    """Quarantine records of rejected events: the event's text as landed is the row."""
+    rows = raw.with_row_index(ROW_ID).join(rejected.with_columns(pl.col(ROW_ID).cast(pl.UInt32)), on=ROW_ID)
+    return quarantine.records(
+        stage="silver", checks=rows.get_column("check").to_list(), columns=rows.get_column("column").to_list(),
+        values=rows.get_column("value").to_list(), failures=rows.get_column("failures").to_list(),
+        rows=rows.get_column("event").to_list(), source_files=rows.get_column("_source_file").to_list(),
+        source_lines=rows.get_column("_source_line").to_list(), run_id=run_id,
+    )
 
 
 def _columns(spec: Silver) -> list[str]:
@@ -212,13 +292,20 @@ def _rebuild_history(
     """Rebuild the chains of the keys the events touch. Files are read one at a time (those whose key range may hold
     a touched key), so memory is one file plus the touched keys' versions, however large the history. The files
     holding a touched key are rewritten without it, and the rebuilt chains go with the last of them (else in a new
-    file), so no file is left holding part of a rebuilt chain."""
+    file), so no file is left holding part of a rebuilt chain. A batch with a truncate (``all_keys``) touches every
+    key."""
     keys = list(spec.keys)
     columns = _columns(spec)
     schema = history_schema(spec)
     events = read_files(storage, staging, item["events"]) if item["events"] else pl.DataFrame()
-    touched = events.select(keys).unique() if events.height else pl.DataFrame(schema=_polars(schema)).select(keys)
+    touched = _touched(events, keys, schema)
+    truncates = pl.DataFrame(item["truncates"], schema={"_lsn": pl.Int64, "_ts_ms": pl.Int64}, orient="row")
+    all_keys = item["all_keys"]
     out: list[DataFile] = []
+
+    def versions_of(existing: pl.DataFrame) -> pl.DataFrame:
+        events_ = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP)).select(*columns, *EVENT)
+        return chains(existing, events_, tuple(keys), columns, truncates, all_keys=all_keys)
 
     def written(df: pl.DataFrame) -> list[DataFile]:
         return write_frame(storage, history_rel, df.select(schema.names), schema, prefix=f"part-{run_id}",
@@ -232,15 +319,17 @@ def _rebuild_history(
             rows = read_files(storage, silver.ref(spec.name).rel, [f]).select(columns).with_columns(
                 pl.lit(None, TIMESTAMP).alias("valid_from"), pl.lit(None, TIMESTAMP).alias("valid_to"),
                 pl.lit(True).alias("is_current"), pl.lit(False).alias("is_deleted"),
+                pl.lit(None, pl.String).alias("_op"),
                 pl.lit(SNAPSHOT_LSN, pl.Int64).alias("_lsn"), pl.lit(None, pl.Int64).alias("_end_lsn"),
                 pl.lit(None, pl.String).alias("_end_op"), pl.lit(None, pl.Int64).alias("_ts_ms"),
-                pl.lit(None, pl.Int64).alias("_end_ts_ms"),
+                pl.lit(None, pl.Int64).alias("_end_ts_ms"), pl.lit(None, pl.String).alias("_unavailable"),
             )
-            old.append(rows.join(touched, on=keys, how="semi"))
-            out += written(rows.join(touched, on=keys, how="anti"))
+            old.append(rows if all_keys else rows.join(touched, on=keys, how="semi"))
+            if not all_keys:
+                out += written(rows.join(touched, on=keys, how="anti"))
         if events.height:
             existing = pl.concat(old, how="vertical_relaxed") if old else pl.DataFrame(schema=_polars(schema))
-            out += written(_versions(existing, events, spec, columns))
+            out += written(versions_of(existing))
         return [Rewrite(added=tuple(out))]
     if not events.height:
         return [Rewrite()]
@@ -248,14 +337,17 @@ def _rebuild_history(
     hits: list[pl.DataFrame] = []
     hit_files: list[dict[str, Any]] = []
     for f in item["history"]:
-        if not ranges.may_hold(f, first):
+        if not all_keys and not ranges.may_hold(f, first):
             continue
-        hit = read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
+        hit = read_files(storage, history_rel, [f])
+        hit = hit if all_keys else hit.join(touched, on=keys, how="semi")
         if hit.height:
             hits.append(hit)
             hit_files.append(f)
     existing = pl.concat(hits, how="vertical_relaxed") if hits else pl.DataFrame(schema=_polars(schema))
-    versions = _versions(existing, events, spec, columns)
+    versions = versions_of(existing)
+    if all_keys:
+        touched = pl.concat([touched, existing.select(keys)]).unique()
     if existing.select(schema.names).sort([*keys, "_lsn"]).equals(versions.select(schema.names).sort([*keys, "_lsn"])):
         return [Rewrite()]  # every touched chain is as it was
     for i, f in enumerate(hit_files):
@@ -268,9 +360,11 @@ def _rebuild_history(
     return [Rewrite(removed=tuple(f["path"] for f in hit_files), added=tuple(out))]
 
 
-def _versions(existing: pl.DataFrame, events: pl.DataFrame, spec: Silver, columns: list[str]) -> pl.DataFrame:
-    events = events.with_columns(pl.col("_ingested_at").cast(TIMESTAMP))
-    return chains(existing, events.select(*columns, *EVENT), tuple(spec.keys), columns)
+def _touched(events: pl.DataFrame, keys: list[str], schema: pa.Schema) -> pl.DataFrame:
+    """The keys the events name (a truncate names none)."""
+    if not events.height:
+        return pl.DataFrame(schema=_polars(schema)).select(keys)
+    return events.select(keys).unique().filter(pl.all_horizontal(pl.col(k).is_not_null() for k in keys))
 
 
 def _current_rows(
@@ -282,11 +376,15 @@ def _current_rows(
     keys = list(spec.keys)
     if not item["events"]:
         return []
-    touched = read_files(storage, staging, item["events"], columns=keys).unique()
-    first = touched.get_column(keys[0])
-    found = [read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
-             for f in item["history"] if ranges.may_hold(f, first)]
     history = history_schema(spec)
+    touched = _touched(read_files(storage, staging, item["events"], columns=keys), keys, history)
+    first = touched.get_column(keys[0])
+    if item["all_keys"]:  # a truncate: every key of the history
+        found = [read_files(storage, history_rel, [f]) for f in item["history"]]
+        touched = pl.concat([touched, *(f.select(keys) for f in found)]).unique()
+    else:
+        found = [read_files(storage, history_rel, [f]).join(touched, on=keys, how="semi")
+                 for f in item["history"] if ranges.may_hold(f, first)]
     versions = pl.concat(found, how="vertical_relaxed") if found else pl.DataFrame(schema=_polars(history))
     rows = current(versions, touched, tuple(spec.keys))
     full = pa.schema([*target_schema, pa.field("__delete", pa.bool_())])

@@ -110,10 +110,12 @@ class RowCheck:
 
 
 def split_valid(
-    strings: pl.DataFrame, model: type[pa.DataFrameModel], extra: tuple[RowCheck, ...] = ()
+    strings: pl.DataFrame, model: type[pa.DataFrameModel], extra: tuple[RowCheck, ...] = (),
+    exempt: pl.DataFrame | None = None,
 ) -> Split:
     """Cast the model's columns of ``strings`` (other columns pass through) and validate them with the model (and
-    ``extra`` checks)."""
+    ``extra`` checks). ``exempt`` (``ROW_ID``: a row of ``strings``, ``column``) are cells no check applies to
+    (a value known only later, e.g. a change event's column that keeps its previous value)."""
     dtypes = model_dtypes(model)
     df = strings.with_row_index(ROW_ID)
     typed = df.with_columns(cast_text(c, t) for c, t in dtypes.items())
@@ -121,6 +123,8 @@ def split_valid(
     failures += [_extra_failures(typed, check) for check in extra]
     found = [f.with_columns(pl.col(ROW_ID).cast(pl.UInt32)) for f in failures if f.height]
     every = pl.concat(found) if found else _empty_failures()
+    if exempt is not None and exempt.height and every.height:
+        every = every.join(exempt.select(pl.col(ROW_ID).cast(pl.UInt32), "column"), on=[ROW_ID, "column"], how="anti")
     actions = row_actions(model)
     # One lookup per distinct (check, column), joined back: a whole column of bad values is one lookup, not millions.
     pairs = every.select("check", "column").unique()
@@ -151,6 +155,8 @@ def cast_text(column: str, dtype: pl.DataType) -> pl.Expr:
             col.str.to_datetime(f, time_unit=unit, time_zone=zone, strict=False)
             for f in TIMESTAMP_FORMATS if zone or not f.endswith("z")
         ).alias(column)
+    if dtype == pl.Time:
+        return pl.coalesce(col.str.to_time(f, strict=False) for f in ("%H:%M:%S%.f", "%H:%M:%S", "%H:%M")).alias(column)
     if dtype == pl.String:
         return pl.col(column)
     return col.cast(dtype, strict=False).alias(column)

@@ -7,8 +7,8 @@ A pipeline is checked when it loads (:meth:`Pipeline.validate`): every error nam
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
@@ -28,8 +28,9 @@ class Source:
     ``format``: every file's format (None: each file's from its extension: ``.csv``, ``.json``/``.ndjson``/``.jsonl``,
     ``.parquet``). ``compression``: ``gzip`` for every file (None: by the extension, ``.csv.gz``). CSV reader options:
     ``delimiter``, ``quote`` and ``nulls``, the markers that mean no value (``NULL``, ``\\N``; otherwise every value is
-    kept as landed, blanks included). ``changes``: Debezium change events, where a ``null`` line (the tombstone after
-    a delete) is no record (set for a source a :class:`Cdc` reads).
+    kept as landed, blanks included). ``changes``: Debezium change events, each kept whole in bronze (column
+    ``event``, its JSON text), where a ``null`` line (the tombstone after a delete) is no record (set for a source
+    a :class:`Cdc` reads).
     """
 
     name: str
@@ -88,23 +89,65 @@ class Silver:
             object.__setattr__(self, "source", self.name)
 
 
+DecimalHandling = Literal["string", "precise", "double"]
+TruncateAction = Literal["apply", "fail", "quarantine"]
+UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+
+
 @dataclass(frozen=True)
 class Cdc:
-    """Change events of silver table ``table`` landed under source ``source`` (Debezium envelopes, one per line),
+    """Change events of silver table ``table`` landed under source ``source`` (Debezium events, one per line),
     applied after the table's snapshot: the current state in ``silver.<table>`` (SCD type 1) and every version in
-    ``silver.<history>`` (SCD type 2; default ``<table>_history``). The keys are the table's."""
+    ``silver.<history>`` (SCD type 2; default ``<table>_history``). The keys are the table's.
+
+    Every form a Debezium feed takes is read, event by event: the envelope (``op``, ``before``, ``after``,
+    ``source``), Kafka Connect's JsonConverter wrapping (``{"schema", "payload"}``, values decoded by the schema) and
+    the flattened rows of the ExtractNewRecordState transform (``__op``, ``__lsn``, ``__source_ts_ms``,
+    ``__deleted``). What an event does not carry is declared here:
+
+    - ``decimal_handling``: what a JSON string in a numeric column of an event *without a schema* is: ``string``
+      (a decimal literal, ``"12.50"``: Debezium's ``decimal.handling.mode=string``, and what CSV-flattened feeds
+      hold) or ``precise`` (base64 of the unscaled integer, Debezium's default mode, at the scale in ``scales`` or
+      the model's ``Decimal`` scale). JSON numbers (``double`` mode) are read as numbers in every mode.
+    - ``scales``: the scale of a precise decimal per column, for events without a schema whose model column is not
+      a ``Decimal`` of that scale.
+    - ``truncate``: what an ``op: "t"`` event does: ``apply`` (every current row is closed at its LSN, as a delete),
+      ``fail`` (the run fails naming the event) or ``quarantine`` (held in quarantine, nothing applied).
+    - ``unavailable_value``: the connector's ``unavailable.value.placeholder``: a column holding it (an unchanged
+      TOASTed value) keeps the value it had before the event and the placeholder is never stored.
+    """
 
     table: str
     source: str
     history: str = ""
+    decimal_handling: DecimalHandling = "string"
+    scales: Mapping[str, int] = field(default_factory=dict)
+    truncate: TruncateAction = "apply"
+    unavailable_value: str = UNAVAILABLE_VALUE
 
     def __post_init__(self) -> None:
         if not self.history:
             object.__setattr__(self, "history", f"{self.table}_history")
+        where = f"Cdc({self.table!r})"
+        if self.decimal_handling not in ("string", "precise", "double"):
+            raise ConfigError(f"{where}: decimal_handling must be string, precise or double, not "
+                              f"{self.decimal_handling!r}")
+        if self.truncate not in ("apply", "fail", "quarantine"):
+            raise ConfigError(f"{where}: truncate must be apply, fail or quarantine, not {self.truncate!r}")
+        scales = dict(self.scales)
+        for column, scale in scales.items():
+            if not isinstance(scale, int) or isinstance(scale, bool) or scale < 0:
+                raise ConfigError(f"{where}: scales[{column!r}] must be a whole number >= 0, not {scale!r}")
+        object.__setattr__(self, "scales", tuple(sorted(scales.items())))  # hashable, like the rest
+        if not self.unavailable_value:
+            raise ConfigError(f"{where}: unavailable_value must not be empty")
 
     @property
     def name(self) -> str:
         return self.table
+
+    def scale(self, column: str) -> int | None:
+        return dict(self.scales).get(column)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,6 +26,8 @@ def arrow_type(dtype: Any) -> pa.DataType:
     if isinstance(dtype, pl.Datetime) or dtype == pl.Datetime:
         unit = getattr(dtype, "time_unit", None) or "us"
         return pa.timestamp(unit, tz=getattr(dtype, "time_zone", None))
+    if isinstance(dtype, pl.Decimal):  # NUMERIC(p, s): exact, as Delta's decimal(p, s)
+        return pa.decimal128(dtype.precision or 38, dtype.scale)
     try:
         return POLARS_TO_ARROW[dtype]
     except KeyError:

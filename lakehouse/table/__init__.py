@@ -20,6 +20,7 @@ from lakehouse.table.delta import (
     snapshot,
     to_arrow_dataset,
     txn_version,
+    txn_versions,
 )
 from lakehouse.table.versions import Commit, commits_since, history, restore, watermarks_changed
 
@@ -44,5 +45,6 @@ __all__ = [
     "snapshot",
     "to_arrow_dataset",
     "txn_version",
+    "txn_versions",
     "watermarks_changed",
 ]

@@ -11,7 +11,7 @@ import json
 import posixpath
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,9 +145,16 @@ NO_WATERMARK = -2
 def txn_version(storage: Storage, ref: TableRef, app_id: str, version: int | None = None) -> int | None:
     """The last version recorded for ``app_id`` in the table (our watermark) at ``version`` (default the latest), or
     None (never set, or cleared by a restore)."""
+    return txn_versions(storage, ref, [app_id], version)[app_id]
+
+
+def txn_versions(
+    storage: Storage, ref: TableRef, app_ids: Sequence[str], version: int | None = None
+) -> dict[str, int | None]:
+    """:func:`txn_version` of each of ``app_ids``, from one read of the log."""
     dt = open_table(storage, ref, version)
-    found = None if dt is None else dt.transaction_version(app_id)
-    return None if found is None or found == NO_WATERMARK else found
+    found = {a: None if dt is None else dt.transaction_version(a) for a in app_ids}
+    return {a: None if v is None or v == NO_WATERMARK else v for a, v in found.items()}
 
 
 def commit(

@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 import lakehouse
 from examples.tpch.demo import cdc_event_files
 from lakehouse.cdc import SNAPSHOT_LSN
-from tests.conftest import Lake
+from tests.conftest import ANY_SHARE, Lake
 from tests.harness import versions
 from tests.oracle import SORT, assert_frames_match, expected
 
@@ -148,8 +148,17 @@ def test_malformed_events_are_quarantined_with_the_reason(lake_copy: Callable[[]
     ]
     (lake.raw / "customer_cdc").mkdir()
     (lake.raw / "customer_cdc/bad.ndjson").write_text("\n".join(lines) + "\n")
+    before = versions(lake.root)
 
-    report = lakehouse.run(lake.settings)
+    # by default a batch with most of its events quarantined fails before anything of the change stage commits
+    failed = lakehouse.run(lake.settings)
+    assert not failed.ok and "quarantined_share" in str(failed.error) and "3 of 4 rows" in str(failed.error)
+    assert {t: v for t, v in versions(lake.root).items() if t.startswith("silver.customer")} == {
+        t: v for t, v in before.items() if t.startswith("silver.customer")}
+    assert not (lake.root / "quarantine/customer_cdc").exists() or pl.read_delta(
+        str(lake.root / "quarantine/customer_cdc")).filter(pl.col("stage") == "silver").height == 0
+
+    report = lakehouse.run(dataclasses.replace(lake.settings, max_quarantined_share=ANY_SHARE))
 
     assert report.ok, report.error
     held = pl.read_delta(str(lake.root / "quarantine/customer_cdc")).sort("_source_line")
@@ -167,7 +176,7 @@ def test_the_quality_report_samples_the_events_the_change_stage_quarantined(lake
     (lake.raw / "customer_cdc").mkdir()
     (lake.raw / "customer_cdc/bad.ndjson").write_text(json.dumps({"op": "z", "source": {"lsn": 1, "ts_ms": 1}}) + "\n")
 
-    report = lakehouse.run(lake.settings)
+    report = lakehouse.run(dataclasses.replace(lake.settings, max_quarantined_share=ANY_SHARE))
 
     # then the report shows the row from quarantine.customer_cdc, where the stage put it
     assert report.ok, report.error

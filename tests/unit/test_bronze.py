@@ -122,11 +122,12 @@ def test_json_lines_with_invalid_json_and_non_objects() -> None:
 
 
 def test_a_null_line_is_a_tombstone_only_in_change_events() -> None:
-    raw = b'{"k": 1}\nnull\n{"k": 2}\n'
+    raw = b'{"k": 1}\nnull\n{"k": 2, "payload": {"op": "c"}}\n'
 
-    # a change-event source: Kafka's tombstone after a delete, no record
-    rows, lines, bad = read_json(raw, "raw/customer_cdc/a.ndjson", tombstones=True)
-    assert (rows.num_rows, lines, bad) == (2, [1, 3], [])
+    # a change-event source: Kafka's tombstone after a delete, no record; each event kept whole, as landed
+    rows, lines, bad = read_json(raw, "raw/customer_cdc/a.ndjson", changes=True)
+    assert (rows.column_names, lines, bad) == (["event"], [1, 3], [])
+    assert rows.column("event").to_pylist() == ['{"k": 1}', '{"k": 2, "payload": {"op": "c"}}']
     # any other source: a malformed line, set aside with its number
     rows, lines, bad = read_json(raw, "raw/orders/a.ndjson")
     assert (rows.num_rows, lines, bad) == (2, [1, 3], [(2, "null", "expected a JSON object, found null")])

@@ -3,6 +3,7 @@ one in LSN order, whatever batches and order they arrive in, duplicates included
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -28,11 +29,10 @@ def customer(key: int, balance: float) -> dict[str, Any]:
 
 
 def envelope(op: Any, before: Any, after: Any, lsn: Any, ts: int = 1000) -> dict[str, str | None]:
-    def text(v: Any) -> str | None:
-        return None if v is None else (v if isinstance(v, str) else json.dumps(v))
-    return {"op": text(op), "before": text(before), "after": text(after),
-            "source": text({"lsn": lsn, "ts_ms": ts} if lsn is not None else {"ts_ms": ts}), "ts_ms": str(ts + 1),
-            "_source_file": "raw/customer_cdc/a.ndjson"}
+    """A bronze row of a change event: the envelope's JSON text."""
+    event = {"op": op, "before": before, "after": after,
+             "source": {"lsn": lsn, "ts_ms": ts} if lsn is not None else {"ts_ms": ts}, "ts_ms": ts + 1}
+    return {"event": json.dumps(event), "_source_file": "raw/customer_cdc/a.ndjson"}
 
 
 def test_envelopes_become_typed_events_and_malformed_ones_are_rejected_with_the_reason() -> None:
@@ -49,7 +49,7 @@ def test_envelopes_become_typed_events_and_malformed_ones_are_rejected_with_the_
     ]
     raw = pl.DataFrame(rows, schema={c: pl.String for c in rows[0]})
 
-    events, rejected = parse_events(raw, Customer, KEYS)
+    events, rejected, _ = dataclasses.astuple(parse_events(raw, Customer, KEYS))
 
     assert events.select("c_custkey", "c_acctbal", "_op", "_lsn").rows() == [
         (10, 5.5, "c", 100), (10, 7.25, "u", 101), (10, None, "d", 102)]
@@ -84,9 +84,10 @@ def oracle(snapshot: dict[int, float], events: list[Event]) -> tuple[dict[int, f
 def events_frame(events: list[Event]) -> pl.DataFrame:
     return pl.DataFrame(
         {"c_custkey": [e[0] for e in events], "c_acctbal": [e[2] for e in events], "_op": [e[1] for e in events],
-         "_lsn": [e[3] for e in events], "_ts_ms": [e[3] * 1000 for e in events]},
+         "_lsn": [e[3] for e in events], "_ts_ms": [e[3] * 1000 for e in events],
+         "_unavailable": [None] * len(events)},
         schema={"c_custkey": pl.Int64, "c_acctbal": pl.Float64, "_op": pl.String, "_lsn": pl.Int64,
-                "_ts_ms": pl.Int64},
+                "_ts_ms": pl.Int64, "_unavailable": pl.String},
     )
 
 
@@ -95,12 +96,12 @@ def seed_history(snapshot: dict[int, float]) -> pl.DataFrame:
         {"c_custkey": list(snapshot), "c_acctbal": list(snapshot.values()), "valid_from": [None] * len(snapshot),
          "valid_to": [None] * len(snapshot), "is_current": [True] * len(snapshot),
          "is_deleted": [False] * len(snapshot),
-         "_lsn": [SNAPSHOT_LSN] * len(snapshot), "_end_lsn": [None] * len(snapshot),
-         "_end_op": [None] * len(snapshot)},
+         "_op": [None] * len(snapshot), "_lsn": [SNAPSHOT_LSN] * len(snapshot), "_end_lsn": [None] * len(snapshot),
+         "_end_op": [None] * len(snapshot), "_unavailable": [None] * len(snapshot)},
         schema={"c_custkey": pl.Int64, "c_acctbal": pl.Float64, "valid_from": pl.Datetime("us", "UTC"),
                 "valid_to": pl.Datetime("us", "UTC"), "is_current": pl.Boolean, "is_deleted": pl.Boolean,
-                "_lsn": pl.Int64,
-                "_end_lsn": pl.Int64, "_end_op": pl.String},
+                "_op": pl.String, "_lsn": pl.Int64,
+                "_end_lsn": pl.Int64, "_end_op": pl.String, "_unavailable": pl.String},
     )
 
 
@@ -160,7 +161,8 @@ def test_a_model_rule_whose_action_is_fail_marks_the_event_failing() -> None:
             envelope("c", None, {**customer(21, 1.0), "c_acctbal": "lots"}, 201)]
     raw = pl.DataFrame(rows, schema={c: pl.String for c in rows[0]})
 
-    events, rejected = parse_events(raw, StrictCustomer, KEYS)
+    parse = parse_events(raw, StrictCustomer, KEYS)
+    events, rejected = parse.events, parse.rejected
 
     assert events.get_column("c_custkey").to_list() == [20]
     assert rejected.select(ROW_ID, "check", "action").rows() == [(1, "dtype('Float64')", "fail")]
@@ -180,7 +182,8 @@ def test_a_delete_keyed_by_a_date_parses_its_key_and_rejects_one_that_does_not_p
             envelope("d", day("2026-13-45"), None, 3)]
     raw = pl.DataFrame(rows, schema={c: pl.String for c in rows[0]})
 
-    events, rejected = parse_events(raw, Daily, ("day",))
+    parse = parse_events(raw, Daily, ("day",))
+    events, rejected = parse.events, parse.rejected
 
     assert events.select("day", "_op").rows() == [(dt.date(2026, 2, 3), "c"), (dt.date(2026, 2, 3), "d")]
     assert rejected.select(ROW_ID, "check", "column", "value").rows() == [(2, "dtype('Date')", "day", "2026-13-45")]
