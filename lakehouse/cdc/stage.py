@@ -96,7 +96,7 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
     staging = f"_staging/{ctx.run_id}/cdc/{cdc.name}"
     common = {"storage": storage, "spec": spec, "staging": staging, "run_id": ctx.run_id}
     try:
-        options = Options(cdc.decimal_handling, tuple(cdc.scales), cdc.unavailable_value)  # type: ignore[arg-type]
+        options = Options(cdc.decimal_handling, tuple(dict(cdc.scales).items()), cdc.unavailable_value)
         parsed: list[Parsed] = engine.map_items([{"path": f.path} for f in new_files], _parse_file,
                                                 fn_kwargs={**common, "source": cdc.source, "options": options,
                                                            "truncate": cdc.truncate})
@@ -124,8 +124,8 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
             history, changed = _commit_history(ctx, cdc, spec, history, target, event_items, staging, info,
                                                source.version, seed=seed, truncates=truncates,
                                                all_keys=bool(new_truncates))
-            if not changed:
-                marks[app] = source.version
+            if not changed:  # (a truncate of an empty table changes nothing, and is recorded all the same)
+                marks |= {app: source.version, **(truncates if new_truncates else {})}
         if not done_current:
             item = {"events": event_items, "history": [ranges.ranged_item(f, spec.keys[0]) for f in history.files],
                     "all_keys": bool(new_truncates)}

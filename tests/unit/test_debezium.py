@@ -187,3 +187,16 @@ def test_cdc_settings_are_checked_where_declared() -> None:
     with pytest.raises(ConfigError, match=r"scales\['rate'\] must be a whole number"):
         Cdc("accounts", source="x", scales={"rate": -1})
     assert Cdc("accounts", source="x", scales={"rate": 4}).scale("rate") == 4
+
+
+def test_the_commit_time_comes_from_ts_us_or_ts_ns_when_ts_ms_is_absent() -> None:
+    base = {"before": None, "after": ROW, "op": "c"}
+    lines = [json.dumps({**base, "source": {"lsn": 1, "ts_us": 1_700_000_000_123_456}}),
+             json.dumps({**base, "source": {"lsn": 2, "ts_ns": 1_700_000_000_456_000_000}}),
+             json.dumps({**base, "source": {"lsn": 3}, "ts_us": 1_700_000_000_789_000}),
+             json.dumps({**base, "source": {"lsn": 4, "snapshot": True, "ts_ms": 1_700_000_000_999}})]
+
+    events = parse_events(bronze(lines), feed.Account, KEYS).events
+
+    assert events.get_column("_ts_ms").to_list() == [1_700_000_000_123, 1_700_000_000_456, 1_700_000_000_789,
+                                                     1_700_000_000_999]
