@@ -28,6 +28,7 @@ from prefect.states import State
 
 import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
+from lakehouse.ops.maintain import Report
 
 SUMMARY_KEY = "medallion-run-summary"
 PROGRESS_KEY = "medallion-progress"
@@ -77,6 +78,13 @@ def gold(ctx: RunContext, name: str) -> StageResult:
 
 
 TASKS: dict[str, Task[..., StageResult]] = {"bronze": bronze, "silver": silver, "cdc": changes, "gold": gold}
+HEALTH_KEY = "lakehouse-table-health"
+
+
+@task(name="maintain", **{**_TASK_OPTIONS, "retries": 0})
+def maintain(settings: lakehouse.Settings, retention_hours: float, compact: bool) -> Report:
+    """Compact, checkpoint, clean the logs and vacuum every table; record each one's health in _meta."""
+    return lakehouse.running.runner.maintain(settings, retention_hours=retention_hours, compact=compact)
 
 
 def _logged(result: StageResult) -> StageResult:
@@ -103,6 +111,8 @@ def medallion(
     batch_months: int = 12,
     logical_date: dt.date | None = None,
     progress_every: float = PROGRESS_EVERY_SECONDS,
+    maintenance: bool = False,
+    retention_hours: float = 168.0,
 ) -> list[StageResult]:
     """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed.
 
@@ -115,9 +125,26 @@ def medallion(
 
     A stage that takes longer than ``progress_every`` seconds logs how its steps go that often, and the run's
     progress artifact (the flow-run page's progress bar) moves with it.
+
+    With ``maintenance`` (the ``medallion/maintenance`` deployment) it maintains the tables instead: compaction of
+    small files sorted by the tables' keys (commits that say dataChange=false and give way to a pipeline run's),
+    checkpoints, log clean-up and vacuum of files removed more than ``retention_hours`` ago; each table's health is
+    recorded in ``_meta.table_health`` and shown as the ``lakehouse-table-health`` artifact.
     """
     logger = get_run_logger()
     settings = lakehouse.settings_from_env(root, pipeline=pipeline)
+    if maintenance:
+        found = maintain(settings, retention_hours, True)
+        for t in found.tables:
+            logger.info("%s: %s (%d -> %d files%s)", t.table, t.outcome, t.files_before, t.files_after,
+                        f", vacuumed {t.vacuumed}" if t.vacuumed else "")
+        try:
+            create_table_artifact(key=HEALTH_KEY, table=[dict(t.__dict__) for t in found.tables],
+                                  description=f"Maintenance `{found.run_id}` of `{settings.root}` "
+                                  f"({found.seconds:.1f}s, {found.orphans} orphaned files removed)")
+        except Exception:  # a convenience: the health record is in _meta.table_health
+            logger.exception("could not publish the table health artifact")
+        return []
     scheduled = flow_run.scheduled_start_time
     ctx = RunContext.start(settings, full_refresh=full_refresh,
                            logical_date=logical_date or (scheduled.date() if scheduled else None))

@@ -79,3 +79,24 @@ STORES = Pipeline(
     silver=[Silver("stores", Store, keys="shop_id", partition=identity("city"))],
     gold=[Gold("city_stores", CityStores, partition="city", plan=per_partition("stores", per_city))],
 )
+
+
+def per_shop_entries(entries: pl.DataFrame) -> pl.DataFrame:
+    return entries.group_by("shop_id").agg(pl.len().alias("sales"), pl.col("amount").sum())
+
+
+class Entry(pa.DataFrameModel):
+    entry_id: pl.Int64
+    shop_id: pl.Int64
+    amount: pl.Float64
+
+
+# A ledger merged on its keys batch by batch (each batch's new keys land in new files), and totals per shop merged
+# on theirs: the tables that grow small files for maintenance to compact.
+LEDGER = Pipeline(
+    "ledger",
+    sources=[Source("entries", format="csv")],
+    silver=[Silver("entries", Entry, keys="entry_id", write_mode="merge")],
+    gold=[Gold("shop_totals", ShopTotals, plan=aggregate("entries", by="shop_id", partial=per_shop_entries,
+                                                         final=shop_totals))],
+)

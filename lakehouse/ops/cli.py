@@ -100,6 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     sw.set_defaults(func=_sweep)
 
+    mt = sub.add_parser("maintain", help="compact small files (sorted by the tables' keys), checkpoint, clean the "
+                        "logs, vacuum, and record each table's health in _meta.table_health")
+    mt.add_argument("--root")
+    mt.add_argument("--pipeline", default=None, help=PIPELINE_HELP)
+    mt.add_argument("--table", action="append", default=None, metavar="LAYER.NAME", help="only this table (repeatable)")
+    mt.add_argument("--retention-hours", type=float, default=168.0,
+                    help="vacuum files removed longer ago than this (time travel keeps working within it; longer "
+                         "than the longest run; default 168, a week)")
+    mt.add_argument("--no-compact", action="store_true", help="checkpoint, clean and vacuum only")
+    mt.add_argument("--dry-run", action="store_true", help="say what would be compacted; change nothing")
+    mt.add_argument("--format", choices=("text", "json"), default="text")
+    mt.set_defaults(func=_maintain)
+
     st = sub.add_parser("status", help="the state of the lake: landed files waiting, each table and its partitions "
                         "(freshness, who rebuilt them, complete or behind), from the logs alone")
     st.add_argument("--root")
@@ -250,6 +263,22 @@ def _sweep(args: argparse.Namespace) -> int:
     for run_id in found.staging:
         print(f"_staging/{run_id}: {verb} (run never finished)")
     print(f"{verb} {found.count} files ({found.bytes} bytes) and {len(found.staging)} staging directories")
+    return 0
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    import json
+
+    found = runner.maintain(_settings(args), retention_hours=args.retention_hours, compact=not args.no_compact,
+                            tables=tuple(args.table or ()), dry_run=args.dry_run)
+    if args.format == "json":
+        print(json.dumps(found.as_dict(), indent=2))
+        return 0
+    for t in found.tables:
+        vacuumed = f", vacuumed {t.vacuumed} files" if t.vacuumed else ""
+        print(f"{t.table}: {t.outcome} ({t.files_before} -> {t.files_after} files{vacuumed})")
+    print(f"maintained {len(found.tables)} tables in {found.seconds:.1f}s; removed {found.orphans} orphaned files; "
+          f"health in _meta.table_health")
     return 0
 
 

@@ -7,7 +7,9 @@ and the Ray workers it starts), e.g. ``silver.orders:before_commit=kill;worker:m
   dead worker);
 * ``raise``: raise :class:`InjectedFault` there (not one of our errors, so nothing retries it);
 * ``killonce``: SIGKILL the first process that gets there, and no other (a worker that dies once, which Ray retries);
-  needs ``LAKEHOUSE_FAILPOINTS_STATE``, a directory all processes share, to remember that it fired.
+  needs ``LAKEHOUSE_FAILPOINTS_STATE``, a directory all processes share, to remember that it fired;
+* ``pauseonce``: the first process that gets there writes ``<point>.fired`` in that directory and waits until the
+  test writes ``<point>.resume`` (a run held between its plan and its commit while something else commits).
 
 The points (see the callers): ``<table>:before_commit`` after every file of the table's write is on storage and
 before the Delta commit; ``<table>:after_commit`` right after it, before the next table; ``worker:<function>``
@@ -19,10 +21,12 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 
 ENV = "LAKEHOUSE_FAILPOINTS"
 STATE_ENV = "LAKEHOUSE_FAILPOINTS_STATE"
-ACTIONS = ("kill", "killonce", "raise")
+ACTIONS = ("kill", "killonce", "raise", "pauseonce")
+PAUSE_SECONDS = 300.0  # a paused process waits at most this long for the test to resume it
 
 
 class InjectedFault(RuntimeError):
@@ -35,7 +39,7 @@ def _armed(spec: str) -> dict[str, str]:
     for entry in filter(None, (e.strip() for e in spec.split(";"))):
         name, _, action = entry.rpartition("=")
         if action not in ACTIONS or not name:
-            raise ValueError(f"{ENV}: bad entry {entry!r} (want <point>=kill|killonce|raise)")
+            raise ValueError(f"{ENV}: bad entry {entry!r} (want <point>=kill|killonce|raise|pauseonce)")
         points[name] = action
     return points
 
@@ -50,6 +54,11 @@ def point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "raise":
         raise InjectedFault(f"fail point {name} was hit")
+    elif action == "pauseonce" and _first(name):
+        resume = os.path.join(os.environ[STATE_ENV], name.replace("/", "_") + ".resume")
+        deadline = time.monotonic() + PAUSE_SECONDS
+        while not os.path.exists(resume) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _first(name: str) -> bool:

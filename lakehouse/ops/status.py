@@ -214,7 +214,8 @@ def _table(ctx: RunContext, pipeline: Pipeline, snap: Snapshot, planned: dryrun.
         changed_at=None if last is None else _iso(_from_ms(last.timestamp_ms)),
         changed_by=None if last is None else last.run_id,
         change="" if last is None else last.info.get("stage") or last.operation,
-        unrecorded=last is not None and last.run_id is not None and all(r.run_id != last.run_id for r in runs),
+        unrecorded=(last is not None and last.run_id is not None and last.info.get("stage") != "maintain"
+                    and all(r.run_id != last.run_id for r in runs)),  # maintenance keeps no run record
         last_run=runs[-1] if runs else None,
         last_ok=next((r for r in reversed(runs) if r.status in OK), None),
         next_run=planned.action if planned else "", why=planned.why if planned else [], upstream=upstream,

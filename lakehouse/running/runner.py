@@ -19,6 +19,7 @@ from typing import Any
 from lakehouse import bronze, cdc, engine, gold, silver
 from lakehouse.errors import CommitConflict, ConfigError, LakehouseError, StageError
 from lakehouse.gold import salting
+from lakehouse.ops import maintain as tidy
 from lakehouse.ops import maintenance
 from lakehouse.quality import checks
 from lakehouse.quality.validation import model_dtypes, validate_actions
@@ -248,6 +249,16 @@ def replay(settings: Settings, table: str, *, run_id: str | None = None,
         raise ConfigError(f"no silver table {table!r} in pipeline {spec.name} (known: {known})")
     golds = [Stage(layer, name, ctx) for layer, name in spec.stages() if layer == "gold"]
     return execute(ctx, [Stage("replay", table, ctx), *golds], call=call)
+
+
+def maintain(settings: Settings, *, retention_hours: float = 168.0, compact: bool = True,
+             tables: tuple[str, ...] = (), dry_run: bool = False, run_id: str | None = None) -> tidy.Report:
+    """Table maintenance (:mod:`lakehouse.ops.maintain`) under the run's Ray settings: what ``lakehouse maintain``
+    and the maintenance flow call."""
+    ctx = RunContext.start(settings, run_id=run_id, read_only=dry_run)
+    with engine.ray_session(ctx.settings.ray):
+        return tidy.maintain(ctx, pipeline_of(settings), retention_hours=retention_hours, compact=compact,
+                                    tables=tables, dry_run=dry_run)
 
 
 def month_range(first: str, last: str) -> list[str]:

@@ -167,8 +167,10 @@ def commit(
     partition_by: tuple[str, ...] = (),
     app_transactions: Mapping[str, int] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    data_change: bool = True,
 ) -> int:
-    """Commit ``adds`` and ``removes`` against ``base`` as one new version and return it.
+    """Commit ``adds`` and ``removes`` against ``base`` as one new version and return it; ``data_change`` False
+    says the commit only rearranges rows the table already holds (compaction).
 
     The commit is made against the version we planned from, with no blind retries: if another writer got there
     first, :class:`CommitConflict` is raised and the caller re-plans.
@@ -178,7 +180,7 @@ def commit(
     faults.point(f"{ref}:before_commit")
     now = int(time.time() * 1000)
     add_actions = [
-        AddAction(a.path, a.size, a.partition_values, a.modification_time or now, True, a.stats) for a in adds
+        AddAction(a.path, a.size, a.partition_values, a.modification_time or now, data_change, a.stats) for a in adds
     ]
     props = CommitProperties(
         custom_metadata=commit_metadata(metadata),
@@ -200,7 +202,7 @@ def commit(
             return 0
         dt = open_table(storage, ref, base.version)
         assert dt is not None
-        remove_actions = [RemoveAction(f.path, True, now, f.size, f.partition_values) for f in removes]
+        remove_actions = [RemoveAction(f.path, data_change, now, f.size, f.partition_values) for f in removes]
         dt.create_write_transaction(
             [*add_actions, *remove_actions],
             mode="append",

@@ -195,6 +195,17 @@ def test_one_active_run_at_a_time_and_the_backfill_deployment(stack: Stack, tmp_
     for table, keys in SORT.items():
         assert_frames_match(pl.read_delta(str(root / "gold" / table)), expected(root / "raw", table), keys)
 
+    # when the maintenance deployment runs: the runs' records (a file per run) are compacted, the health of every
+    # table is on the flow-run page and in _meta.table_health, and gold still equals the raw files' answer
+    maintenance = _run_deployment(stack, root, name="medallion/maintenance")
+    health = {row["table"]: row for row in _summary(stack, maintenance, key="lakehouse-table-health")}
+    assert health["_meta.runs"]["outcome"] == "compacted" and health["_meta.runs"]["files_after"] == 1
+    assert health["bronze.orders"]["outcome"] == "left alone"
+    recorded = set(pl.read_delta(str(root / "_meta/table_health")).get_column("table"))
+    assert {"silver.orders", "gold.revenue_by_nation_month", "_meta.runs"} <= recorded <= set(health)
+    for table, keys in SORT.items():
+        assert_frames_match(pl.read_delta(str(root / "gold" / table)), expected(root / "raw", table), keys)
+
 
 def test_a_run_whose_worker_dies_is_marked_crashed_and_the_next_run_is_not_blocked(
     stack: Stack, tmp_path: Path
@@ -295,14 +306,14 @@ def _wait_completed(stack: Stack, flow_run_id: UUID, timeout: float = 600) -> An
     return flow_run
 
 
-def _summary(stack: Stack, flow_run_id: UUID) -> list[dict[str, Any]]:
-    """The rows of the run's summary table artifact."""
+def _summary(stack: Stack, flow_run_id: UUID, key: str = SUMMARY_KEY) -> list[dict[str, Any]]:
+    """The rows of the run's summary table artifact (or another table artifact of the run, by ``key``)."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     with _client(stack) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[SUMMARY_KEY])
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])
             )
         )
     assert len(artifacts) == 1, artifacts
