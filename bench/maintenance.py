@@ -1,17 +1,19 @@
 """Benchmark: the files daily runs leave, and what ``lakehouse maintain`` makes of them.
 
 The events example, one day landed per run for ``--days`` runs (one Ray session for all), then maintenance. Prints
-the files each table holds after the runs and after maintenance, the maintenance's time, and the time of a query of
-``gold.user_totals`` and of the next day's run before and after it (the same day landed into two copies of the lake,
-one maintained), with the ratios.
+the files each table holds after the runs and after maintenance (and, for a table that grew with the runs, what a
+year of daily runs leaves), the maintenance's time, and, on two copies of the lake (one maintained), the best time of
+a DuckDB query of ``silver.events``, of ``lakehouse status`` and the median time of the next ``--next`` days' runs
+(each day landed into both, the copies taking turns to go first), with the ratios.
 
-    python bench/maintenance.py [--days 60] [--events-per-day 5000] [--work DIR]
+    python bench/maintenance.py [--days 60] [--events-per-day 5000] [--next 5] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +40,20 @@ def file_counts(root: Path) -> dict[str, int]:
     return found
 
 
-def query_seconds(root: Path, repeats: int = 5) -> float:
+def status_seconds(root: Path, repeats: int = 5) -> float:
+    from lakehouse.ops import status
+    from lakehouse.running.context import RunContext
+
+    settings = Settings(root=str(root), ray=RAY, pipeline="events")
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        status.status(RunContext.start(settings, read_only=True), runner.pipeline_of(settings))
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def query_seconds(root: Path, repeats: int = 20) -> float:
     uris = DeltaTable(str(root / "silver/events")).file_uris()
     best = float("inf")
     for _ in range(repeats):
@@ -52,12 +67,13 @@ def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--days", type=int, default=60)
     args.add_argument("--events-per-day", type=int, default=5000)
+    args.add_argument("--next", type=int, default=5)
     args.add_argument("--work", default=None)
     opts = args.parse_args()
     work = Path(opts.work or tempfile.mkdtemp(prefix="bench-maintain-"))
     shutil.rmtree(work, ignore_errors=True)
     feed, root = work / "feed", work / "lake"
-    generate(Storage(str(feed)), days=opts.days + 1, events_per_day=opts.events_per_day)
+    generate(Storage(str(feed)), days=opts.days + opts.next, events_per_day=opts.events_per_day)
     days = sorted(p.name for p in (feed / "raw/events").iterdir())
     root.mkdir(parents=True)
     for dim in ("users", "products"):
@@ -65,36 +81,42 @@ def main() -> None:
     settings = Settings(root=str(root), ray=RAY, pipeline="events")
     with engine.ray_session(RAY):
         began = time.perf_counter()
-        for day in days[:-1]:
+        for day in days[:opts.days]:
             shutil.copytree(feed / "raw/events" / day, root / "raw/events" / day)
             report = lakehouse.run(settings)
             assert report.ok, report.error
         runs = time.perf_counter() - began
         before = file_counts(root)
-        query_before = query_seconds(root)
         twin = work / "twin"
         shutil.copytree(root, twin)
         began = time.perf_counter()
         found = runner.maintain(settings)
         maintain = time.perf_counter() - began
         after = file_counts(root)
-        query_after = query_seconds(root)
-        nexts = {}
-        for name, lake in (("unmaintained", twin), ("maintained", root)):
-            shutil.copytree(feed / "raw/events" / days[-1], lake / "raw/events" / days[-1])
-            began = time.perf_counter()
-            assert lakehouse.run(Settings(root=str(lake), ray=RAY, pipeline="events")).ok
-            nexts[name] = time.perf_counter() - began
-    print(f"{len(days) - 1} daily runs of {opts.events_per_day} events in {runs:.1f}s; maintenance {maintain:.1f}s, "
+        lakes = {"unmaintained": twin, "maintained": root}
+        query = {name: query_seconds(lake) for name, lake in lakes.items()}
+        state = {name: status_seconds(lake) for name, lake in lakes.items()}
+        nexts: dict[str, list[float]] = {name: [] for name in lakes}
+        for i, day in enumerate(days[opts.days:]):
+            for name in (list(lakes) if i % 2 == 0 else list(reversed(lakes))):
+                lake = lakes[name]
+                shutil.copytree(feed / "raw/events" / day, lake / "raw/events" / day)
+                began = time.perf_counter()
+                assert lakehouse.run(Settings(root=str(lake), ray=RAY, pipeline="events")).ok
+                nexts[name].append(time.perf_counter() - began)
+    print(f"{opts.days} daily runs of {opts.events_per_day} events in {runs:.1f}s; maintenance {maintain:.1f}s, "
           f"{found.orphans} orphans removed")
-    print(f"{'table':32} {'files after runs':>16} {'after maintain':>15} {'per year of runs':>17}")
+    print(f"{'table':32} {'files after runs':>16} {'after maintain':>15} {'a year of runs':>15}")
     for t in before:
-        per_year = before[t] * 365 / (len(days) - 1)
-        print(f"{t:32} {before[t]:16d} {after.get(t, 0):15d} {per_year:17.0f}")
-    print(f"query of silver.events: {query_before * 1000:.1f} ms before, {query_after * 1000:.1f} ms after "
-          f"(ratio {query_after / query_before:.2f})")
-    print(f"next day's run: {nexts['unmaintained']:.2f}s unmaintained, {nexts['maintained']:.2f}s maintained "
-          f"(ratio {nexts['maintained'] / nexts['unmaintained']:.2f})")
+        grows = before[t] >= opts.days
+        per_year = f"{before[t] * 365 // opts.days:15d}" if grows else f"{'(fixed)':>15}"
+        print(f"{t:32} {before[t]:16d} {after.get(t, 0):15d} {per_year}")
+    for what, found_ in (("DuckDB query of silver.events", query), ("lakehouse status", state)):
+        print(f"{what}: {found_['unmaintained'] * 1000:.1f} ms unmaintained, {found_['maintained'] * 1000:.1f} ms "
+              f"maintained (ratio {found_['maintained'] / found_['unmaintained']:.2f})")
+    med = {name: statistics.median(v) for name, v in nexts.items()}
+    print(f"next {opts.next} days' runs, median: {med['unmaintained']:.2f}s unmaintained, {med['maintained']:.2f}s "
+          f"maintained (ratio {med['maintained'] / med['unmaintained']:.2f})")
 
 
 if __name__ == "__main__":
