@@ -8,7 +8,7 @@ and the Ray workers it starts), e.g. ``silver.orders:before_commit=kill;worker:m
 * ``raise``: raise :class:`InjectedFault` there (not one of our errors, so nothing retries it);
 * ``killonce``: SIGKILL the first process that gets there, and no other (a worker that dies once, which Ray retries);
   needs ``LAKEHOUSE_FAILPOINTS_STATE``, a directory all processes share, to remember that it fired;
-* ``pauseonce``: the first process that gets there writes ``<point>.fired`` in that directory and waits until the
+* ``pauseonce``: the first process that gets there writes its pid in ``<point>.fired`` there and waits until the
   test writes ``<point>.resume`` (a run held between its plan and its commit while something else commits).
 
 The points (see the callers): ``<table>:before_commit`` after every file of the table's write is on storage and
@@ -65,7 +65,9 @@ def _first(name: str) -> bool:
     """True for the first process to reach ``name`` (an exclusive create of a marker file)."""
     marker = os.path.join(os.environ[STATE_ENV], name.replace("/", "_") + ".fired")
     try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
+    with os.fdopen(fd, "w") as f:  # which process it was (a test may need to know its node)
+        f.write(str(os.getpid()))
     return True
