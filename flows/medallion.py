@@ -2,19 +2,22 @@
 
 The flow only orchestrates: settings are built once at this edge, the pipeline is a parameter (a name, module:attr
 or path), and the library's run loop (``lakehouse.running.runner.execute``) runs the stages with Ray started once, each
-stage as a task that is one library call. Tasks run one at a time on purpose: two Ray Data pipelines at once
-deadlock a 2-CPU Ray (each holds a CPU the other waits for). Idempotency is the library's job (a rerun with nothing
+stage as a task that is one library call. On a small cluster the tasks run one at a time (a stage keeps its CPUs
+busy); on one with the CPUs for more (``parallel_stages``), independent stages run at once, each task in a thread of
+the run loop's, still a task run of this flow run. Idempotency is the library's job (a rerun with nothing
 new commits nothing); Prefect retries only errors that say a retry can help.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import time
 from typing import Any
 
-from prefect import Task, flow, get_run_logger, task
+from prefect import Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -23,12 +26,14 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import State
 
 import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
 from lakehouse.ops.maintain import Report
+from lakehouse.settings import S3_KEYS, s3_options
 
 SUMMARY_KEY = "medallion-run-summary"
 PROGRESS_KEY = "medallion-progress"
@@ -113,6 +118,7 @@ def medallion(
     progress_every: float = PROGRESS_EVERY_SECONDS,
     maintenance: bool = False,
     retention_hours: float = 168.0,
+    credentials: str | None = None,
 ) -> list[StageResult]:
     """Process everything landed under ``root`` (default: ``$LAKEHOUSE_ROOT``) and not yet processed.
 
@@ -130,9 +136,16 @@ def medallion(
     small files sorted by the tables' keys (commits that say dataChange=false and give way to a pipeline run's),
     checkpoints, log clean-up and vacuum of files removed more than ``retention_hours`` ago; each table's health is
     recorded in ``_meta.table_health`` and shown as the ``lakehouse-table-health`` artifact.
+
+    ``credentials`` names the Prefect block that holds an ``s3://`` root's credentials (default:
+    ``$LAKEHOUSE_CREDENTIALS_BLOCK``), as ``aws-credentials/<name>`` or ``minio-credentials/<name>`` (prefect-aws's
+    blocks) or ``secret/<name>`` (a Secret whose value is a JSON object of ``AWS_*`` keys); its values are taken over
+    the worker's ``AWS_*`` variables. The parameter is only the block's name: the secret never is a parameter.
     """
     logger = get_run_logger()
-    settings = lakehouse.settings_from_env(root, pipeline=pipeline)
+    block = credentials or os.environ.get("LAKEHOUSE_CREDENTIALS_BLOCK") or None
+    settings = lakehouse.settings_from_env(root, pipeline=pipeline,
+                                           credentials=block_credentials(block) if block else None)
     if maintenance:
         found = maintain(settings, retention_hours, True)
         for t in found.tables:
@@ -175,6 +188,68 @@ def medallion(
     if report.error is not None:
         raise report.error
     return report.results
+
+
+CREDENTIAL_BLOCKS = ("aws-credentials", "minio-credentials", "secret")
+
+
+def block_credentials(ref: str) -> dict[str, str]:
+    """The S3 storage options (``AWS_*`` keys) held by the Prefect block ``ref`` (``<block type>/<name>``).
+
+    The block document is read from the API with its secrets; prefect-aws need not be installed where the flow runs.
+    No error message carries a value of the block."""
+    slug, _, name = ref.partition("/")
+    if slug not in CREDENTIAL_BLOCKS or not name:
+        raise lakehouse.ConfigError(f"credentials {ref!r}: name a block as <type>/<name>, the type one of "
+                                    f"{', '.join(CREDENTIAL_BLOCKS)} (e.g. aws-credentials/lakehouse-s3)")
+    try:
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name(name=name, block_type_slug=slug, include_secrets=True)
+    except ObjectNotFound:
+        raise lakehouse.ConfigError(f"credentials block {ref!r} is not on the Prefect server: create it (the UI's "
+                                    "Blocks page, or the block's .save() in Python) or correct the name") from None
+    return credentials_from_block(ref, document.data)
+
+
+def credentials_from_block(ref: str, data: dict[str, Any]) -> dict[str, str]:
+    """A credentials block's fields (``data`` of its document) as storage options: prefect-aws's AwsCredentials
+    (keys, session token, region, ``profile_name`` resolved on this machine, the client parameters' endpoint) or
+    MinIOCredentials (root user and password), or a Secret whose value is a JSON object (``AWS_ACCESS_KEY_ID`` or
+    ``aws_access_key_id``, ``region_name``, ``endpoint_url``, ...)."""
+    slug = ref.partition("/")[0]
+    endpoint = (data.get("aws_client_parameters") or {}).get("endpoint_url")
+    if slug == "aws-credentials":
+        if data.get("assume_role_arn"):
+            raise lakehouse.ConfigError(f"credentials block {ref!r} assumes a role (assume_role_arn): not supported; "
+                                        "give the role's keys, or a profile that assumes it (profile_name)")
+        found = {"AWS_ACCESS_KEY_ID": data.get("aws_access_key_id"),
+                 "AWS_SECRET_ACCESS_KEY": data.get("aws_secret_access_key"),
+                 "AWS_SESSION_TOKEN": data.get("aws_session_token"), "AWS_REGION": data.get("region_name"),
+                 "AWS_ENDPOINT_URL": endpoint}
+        if data.get("profile_name") and not found["AWS_ACCESS_KEY_ID"]:
+            profile = s3_options({**os.environ, "AWS_PROFILE": data["profile_name"]})
+            found = {**profile, **{k: v for k, v in found.items() if v}}
+    elif slug == "minio-credentials":
+        found = {"AWS_ACCESS_KEY_ID": data.get("minio_root_user"),
+                 "AWS_SECRET_ACCESS_KEY": data.get("minio_root_password"), "AWS_REGION": data.get("region_name"),
+                 "AWS_ENDPOINT_URL": endpoint}
+    else:
+        value = data.get("value")
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, dict):
+            raise lakehouse.ConfigError(f"credentials block {ref!r}: the Secret's value must be a JSON object of "
+                                        'AWS_* keys, e.g. {"AWS_ACCESS_KEY_ID": "...", "AWS_SECRET_ACCESS_KEY": "..."}')
+        aliases = {"REGION_NAME": "AWS_REGION", "REGION": "AWS_REGION", "ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+        found = {aliases.get(str(k).upper(), str(k).upper()): v for k, v in value.items()}
+        unknown = sorted(k for k in found if k not in S3_KEYS)
+        if unknown:
+            raise lakehouse.ConfigError(f"credentials block {ref!r}: unknown keys {unknown} (known: "
+                                        f"{', '.join(S3_KEYS)})")
+    return {k: str(v) for k, v in found.items() if v not in (None, "")}
 
 
 class _Progress:

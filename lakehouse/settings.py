@@ -35,11 +35,13 @@ class Settings:
     """Everything a run needs to know about where data lives and how to process it.
 
     ``root`` is a local path or ``s3://bucket/prefix``; ``storage_options`` are the deltalake-style options
-    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...) used for every table and file on that root.
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...) used for every table and file on that root. They hold
+    credentials, so they are left out of the object's repr (a settings object in a log line or a traceback shows no
+    secret).
     """
 
     root: str
-    storage_options: Mapping[str, str] = field(default_factory=dict)
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False)
     ray: RaySettings = field(default_factory=RaySettings)
     # The pipeline to run: a name (from ``pipelines``, or an example: tpch, events), ``module:attr`` or a .py path.
     pipeline: str = "tpch"
@@ -60,6 +62,10 @@ class Settings:
     # placement of heavy keys off: plain hashing).
     hot_key_share: Mapping[str, float] = field(default_factory=dict)
     salts: Mapping[str, int] = field(default_factory=dict)
+    # Stages that may run at once (independent ones: different tables, none reading what another writes); 0 (auto):
+    # one at a time on a cluster of fewer than 8 CPUs (a stage keeps a small cluster busy), else one per 8 CPUs, at
+    # most 4 (lakehouse.running.runner.parallelism).
+    parallel_stages: int = 0
     # Files no version refers to are deleted once older than this (longer than the longest run: a younger one may
     # belong to a run that has not committed yet); see maintenance.sweep.
     orphan_retention_seconds: float = 24 * 3600.0
@@ -106,18 +112,25 @@ class Settings:
         return hash((self.root, tuple(sorted(self.storage_options.items())), self.ray, self.pipeline))
 
 
-_S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
+# The deltalake-style storage options of an s3:// root, as the standard AWS variables name them.
+S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+           "AWS_ALLOW_HTTP")
 
 
 CONFIG_FILE = "lakehouse.toml"
 
 
 def settings_from_env(
-    root: str | None = None, env: Mapping[str, str] | None = None, *, project: str | None = None, **overrides: Any
+    root: str | None = None, env: Mapping[str, str] | None = None, *, project: str | None = None,
+    credentials: Mapping[str, str] | None = None, **overrides: Any
 ) -> Settings:
     """Build settings at an edge: the project's configuration (``lakehouse.toml``, or ``[tool.lakehouse]`` in a
     ``pyproject.toml``, found from ``project`` or the working directory upwards), then ``LAKEHOUSE_*``,
-    ``RAY_ADDRESS`` and ``AWS_*`` variables over it, then ``overrides`` (command-line flags) over both."""
+    ``RAY_ADDRESS`` and ``AWS_*`` variables over it, then ``overrides`` (command-line flags) over both.
+
+    An ``s3://`` root's credentials come from the standard AWS variables (``AWS_ACCESS_KEY_ID``, ... or a profile,
+    see :func:`s3_options`); ``credentials`` (storage options read from a secret store, e.g. a Prefect block) are
+    taken over them."""
     env = os.environ if env is None else env
     found = find_project(project or os.getcwd())
     project_dir, config = found if found else (None, {})
@@ -130,7 +143,7 @@ def settings_from_env(
     root = given or config_root or "lakehouse-data"
     if "://" not in root:  # a root from the configuration (or the default) is the project's
         root = os.path.abspath(root if given or project_dir is None else os.path.join(project_dir, root))
-    storage = {k: env[k] for k in _S3_KEYS if k in env} if root.startswith("s3://") else {}
+    storage = s3_options(env, credentials) if root.startswith("s3://") else {}
     ray = RaySettings(
         address=env.get("RAY_ADDRESS") or ray_values.get("address") or None,
         num_cpus=int(env.get("LAKEHOUSE_RAY_CPUS") or ray_values.get("num_cpus", 2)),
@@ -143,6 +156,57 @@ def settings_from_env(
         if project_dir else (),
     )
     return Settings(root=root, storage_options=storage, ray=ray, **values)
+
+
+def s3_options(env: Mapping[str, str], credentials: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The storage options of an ``s3://`` root from the standard AWS variables, resolved here once so every process
+    of the run (Ray workers on other machines included) uses the same ones:
+
+    - ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN`` for temporary ones), ``AWS_REGION`` (or
+      ``AWS_DEFAULT_REGION``), ``AWS_ENDPOINT_URL`` for a store other than AWS S3;
+    - or, without keys, ``AWS_PROFILE``: the profile's credentials (as botocore resolves them: the shared credentials
+      file, an assumed role, SSO; ``AWS_SHARED_CREDENTIALS_FILE`` and ``AWS_CONFIG_FILE`` are honoured), region and
+      ``endpoint_url`` from ``~/.aws``;
+    - ``credentials`` over both (keys as above, from a secret store).
+
+    An ``http://`` endpoint allows plain HTTP (``AWS_ALLOW_HTTP=true``), as the URL says. Temporary credentials are
+    not refreshed during a run."""
+    found = {k: env[k] for k in S3_KEYS if env.get(k)}
+    if "AWS_REGION" not in found and env.get("AWS_DEFAULT_REGION"):
+        found["AWS_REGION"] = env["AWS_DEFAULT_REGION"]
+    if env.get("AWS_PROFILE") and "AWS_ACCESS_KEY_ID" not in found and not (credentials or {}).get(
+            "AWS_ACCESS_KEY_ID"):
+        found = {**_profile(env["AWS_PROFILE"], env), **found}
+    found.update({k: v for k, v in (credentials or {}).items() if v})
+    unknown = sorted(set(found) - set(S3_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown S3 credential keys {unknown} (known: {', '.join(S3_KEYS)})")
+    if found.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        found.setdefault("AWS_ALLOW_HTTP", "true")
+    return found
+
+
+def _profile(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The credentials, region and endpoint of the AWS profile ``name``, as botocore resolves them."""
+    import botocore.exceptions
+    import botocore.session
+
+    session = botocore.session.Session(profile=name)
+    for variable, key in (("credentials_file", "AWS_SHARED_CREDENTIALS_FILE"), ("config_file", "AWS_CONFIG_FILE")):
+        if env.get(key):
+            session.set_config_variable(variable, env[key])
+    try:
+        credentials = session.get_credentials()
+        region = session.get_config_variable("region")
+        endpoint = session.get_scoped_config().get("endpoint_url")
+    except botocore.exceptions.BotoCoreError as e:  # an unknown profile, an expired SSO session: says which
+        raise ConfigError(f"AWS_PROFILE={name}: {e}") from e
+    if credentials is None:
+        raise ConfigError(f"AWS_PROFILE={name}: the profile has no credentials (see aws configure --profile {name})")
+    frozen = credentials.get_frozen_credentials()
+    found = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+             "AWS_SESSION_TOKEN": frozen.token or "", "AWS_REGION": region or "", "AWS_ENDPOINT_URL": endpoint or ""}
+    return {k: v for k, v in found.items() if v}
 
 
 def find_project(start: str) -> tuple[Path, dict[str, Any]] | None:
@@ -234,6 +298,10 @@ def _setting(key: str, value: Any, where: str) -> Any:
         if value not in ("reject", "fail"):
             raise ConfigError(f"{where} must be reject or fail, not {value!r}")
         return value
+    if key == "parallel_stages":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
+            raise ConfigError(f"{where} must be a whole number of stages from 0 (auto) to 64, not {value!r}")
+        return value
     if key in ("target_file_rows", "broadcast_max_rows", "final_task_rows"):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where} must be a whole number of rows, not {value!r}")
@@ -248,7 +316,7 @@ def _setting(key: str, value: Any, where: str) -> Any:
         return value
     raise ConfigError(f"{where}: unknown setting (known: lookback, max_quarantined_share, freshness_days, "
                       "max_ingest_lag_seconds, batch_rows, check_actions, new_columns, expect_delivery, bad_files, "
-                      "target_file_rows, broadcast_max_rows, final_task_rows, hot_key_share, salts, "
+                      "target_file_rows, broadcast_max_rows, final_task_rows, hot_key_share, salts, parallel_stages, "
                       "orphan_retention_seconds, storage_timeout, allow_unsafe_store)")
 
 
@@ -294,6 +362,12 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"LAKEHOUSE_STORAGE_TIMEOUT must be a number of seconds, not "
                               f"{env['LAKEHOUSE_STORAGE_TIMEOUT']!r}")
         values["storage_timeout"] = float(env["LAKEHOUSE_STORAGE_TIMEOUT"])
+    if env.get("LAKEHOUSE_PARALLEL_STAGES"):
+        stages = env["LAKEHOUSE_PARALLEL_STAGES"].strip()
+        if not stages.isdigit() or int(stages) > 64:
+            raise ConfigError(f"LAKEHOUSE_PARALLEL_STAGES must be a whole number of stages from 0 (auto) to 64, not "
+                              f"{stages!r}")
+        values["parallel_stages"] = int(stages)
     if env.get("LAKEHOUSE_ALLOW_UNSAFE_STORE"):
         flag = env["LAKEHOUSE_ALLOW_UNSAFE_STORE"].strip().lower()
         if flag not in ("true", "false", "1", "0"):

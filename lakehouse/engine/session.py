@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -43,13 +44,23 @@ _session: dict[str, Any] = {"active": False, "settings": None, "started": False,
 
 
 def _ray_running() -> bool:
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
+    # ``ray`` may be in sys.modules half imported (another thread, a stage beside this one, is importing it)
+    initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
+    return bool(initialized is not None and initialized())
+
+
+_starting = threading.Lock()  # stages that run at once may both be first to need Ray
 
 
 def ensure_ray() -> None:
     if _ray_running():
         return
+    with _starting:
+        if not _ray_running():
+            _start()
+
+
+def _start() -> None:
     settings: RaySettings | None = _session["settings"]
     if settings is None:
         raise ConfigError("Ray is not available here: run engine work inside engine.ray_session(...)")

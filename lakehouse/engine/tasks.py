@@ -15,6 +15,7 @@ bars from it, the Prefect flow logs it). Only the driver hears it; the workers k
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
@@ -51,22 +52,24 @@ class Done:
         return self.step.removesuffix("_task").strip("_").replace("_", " ")
 
 
-_observers: list[Callable[[Done], None]] = []
+# Per context, not per process: stages that run at once (each in its own thread and context) hear their own steps.
+_observers: contextvars.ContextVar[tuple[Callable[[Done], None], ...]] = contextvars.ContextVar("observers",
+                                                                                               default=())
 
 
 @contextmanager
 def observed(observer: Callable[[Done], None]) -> Iterator[None]:
     """Tell ``observer`` how each step goes while the block runs (on the driver; an observer that raises is logged
     and never fails the step)."""
-    _observers.append(observer)
+    token = _observers.set((*_observers.get(), observer))
     try:
         yield
     finally:
-        _observers.remove(observer)
+        _observers.reset(token)
 
 
 def _tell(done: Done) -> None:
-    for observer in list(_observers):
+    for observer in _observers.get():
         try:
             observer(done)
         except Exception:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -40,6 +41,7 @@ class Progress:
         self.began = time.monotonic()
         self.bars = _is_terminal(self.out) if bars is None else bars
         self.every = every
+        self._live = threading.Lock()  # held by the stage showing bars: one live display at a time (rich's rule)
 
     def __call__(self, stage: Stage) -> StageResult:
         if self.mode == "text":
@@ -92,8 +94,8 @@ class Progress:
         """While a stage runs: its steps as bars, or as a plain line now and then (text mode only)."""
         if self.mode != "text":
             return nullcontext()
-        if self.bars:
-            return _bars(label, self.out)
+        if self.bars and self._live.acquire(blocking=False):  # stages at once: the others print lines
+            return _released(self._live, _bars(label, self.out))
         return engine.observed(Lines(label, self._print, self.every))
 
 
@@ -132,6 +134,15 @@ def _bars(label: str, out: TextIO) -> Iterator[None]:
 
     with bars, engine.observed(update):
         yield
+
+
+@contextmanager
+def _released(lock: threading.Lock, inner: Any) -> Iterator[None]:
+    try:
+        with inner:
+            yield
+    finally:
+        lock.release()
 
 
 def _is_terminal(out: TextIO) -> bool:

@@ -285,28 +285,21 @@ def backfill_batches(months: list[str], batch_months: int) -> list[tuple[str, st
 
 
 def execute(ctx: RunContext, stages: list[Stage], *, call: Callable[[Stage], StageResult] | None = None) -> RunReport:
-    """The run loop, the CLI's and the Prefect flow's: the stages in order under one Ray session (started on first
-    use), stopping at the first failure, with the run recorded in ``_meta`` whatever happens and the sweep after a run
-    that committed. ``call`` runs one stage (the flow passes one that runs it as a Prefect task)."""
+    """The run loop, the CLI's and the Prefect flow's: the stages under one Ray session (started on first use), each
+    after the stages it depends on, stopping at the first failure, with the run recorded in ``_meta`` whatever
+    happens and the sweep after a run that committed. ``call`` runs one stage (the flow passes one that runs it as a
+    Prefect task).
+
+    Stages run one at a time, in the plan's order, unless the cluster has the CPUs for more (:func:`parallelism`):
+    then independent stages (different tables, none reading what another writes) run at once, each in a thread of
+    its own (with the caller's context: a Prefect task started there belongs to the flow run). After a failure no
+    further stage starts; those running are waited for and reported, and the first failure is the run's error."""
     report = RunReport(run_id=ctx.run_id)
     run = call or (lambda stage: stage())
+    waits = _waits_for(ctx, stages)
     with engine.ray_session(ctx.settings.ray):
         try:
-            for stage in stages:
-                started = dt.datetime.now(dt.UTC)
-                try:
-                    report.results.append(run(stage))
-                except LakehouseError as e:
-                    report.error = e
-                    failed = StageResult(table=str(e.context.get("table") or stage.table), started_at=started,
-                                         checks=checks.of_error(e))
-                    report.results.append(failed.finish("failed", str(e)))
-                    break
-                except Exception as e:  # not ours (an orchestrator's timeout): still say which table it was about
-                    report.error = StageError(f"{type(e).__name__}: {e}", table=stage.table)
-                    report.results.append(StageResult(table=stage.table, started_at=started).finish(
-                        "failed", str(report.error)))
-                    break
+            _schedule(ctx, stages, waits, run, report)
         finally:
             try:
                 record(ctx, report.results)
@@ -319,6 +312,103 @@ def execute(ctx: RunContext, stages: list[Stage], *, call: Callable[[Stage], Sta
         # What earlier crashed or outraced attempts left behind, once older than the retention.
         report.swept = sweep(ctx)
     return report
+
+
+# Auto parallelism (settings.parallel_stages = 0): one stage at a time below this many CPUs in the cluster (a stage
+# keeps every CPU of a small cluster busy: a second one only makes both wait), then a stage per this many CPUs, at
+# most MAX_PARALLEL_STAGES.
+CPUS_PER_PARALLEL_STAGE = 8
+MAX_PARALLEL_STAGES = 4
+
+
+def parallelism(settings: Settings, cluster_cpus: int | None) -> int:
+    """How many stages may run at once: ``parallel_stages`` when set, else one per ``CPUS_PER_PARALLEL_STAGE`` CPUs
+    of the cluster (``None``: Ray not started yet, one)."""
+    if settings.parallel_stages:
+        return settings.parallel_stages
+    if not cluster_cpus:
+        return 1
+    return max(1, min(MAX_PARALLEL_STAGES, cluster_cpus // CPUS_PER_PARALLEL_STAGE))
+
+
+def _cluster_cpus() -> int | None:
+    import sys
+
+    ray = sys.modules.get("ray")
+    initialized = getattr(ray, "is_initialized", None)  # None: not imported, or half imported by a stage's thread
+    if ray is None or initialized is None or not initialized():
+        return None
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def _waits_for(ctx: RunContext, stages: list[Stage]) -> list[set[int]]:
+    """For each stage, the earlier stages it must wait for: within a batch of months (or a whole run), those it
+    depends on in the pipeline; a stage of a later batch, or one the pipeline does not know (a replay), waits for
+    every stage before it."""
+    deps = pipeline_of(ctx.settings).dependencies()
+    waits: list[set[int]] = []
+    for i, stage in enumerate(stages):
+        key = (stage.layer, stage.name)
+        if key not in deps:
+            waits.append(set(range(i)))
+            continue
+        waits.append({j for j in range(i) if stages[j].ctx.months != stage.ctx.months
+                      or (stages[j].layer, stages[j].name) in deps[key]
+                      or (stages[j].layer, stages[j].name) not in deps})
+    return waits
+
+
+def _schedule(ctx: RunContext, stages: list[Stage], waits: list[set[int]], run: Callable[[Stage], StageResult],
+              report: RunReport) -> None:
+    import concurrent.futures as cf
+    import contextvars
+
+    def one(stage: Stage) -> tuple[StageResult, LakehouseError | None]:
+        started = dt.datetime.now(dt.UTC)
+        try:
+            return run(stage), None
+        except LakehouseError as e:
+            failed = StageResult(table=str(e.context.get("table") or stage.table), started_at=started,
+                                 checks=checks.of_error(e))
+            return failed.finish("failed", str(e)), e
+        except Exception as e:  # not ours (an orchestrator's timeout): still say which table it was about
+            error = StageError(f"{type(e).__name__}: {e}", table=stage.table)
+            return StageResult(table=stage.table, started_at=started).finish("failed", str(error)), error
+
+    def settle(result: StageResult, error: LakehouseError | None) -> None:
+        report.results.append(result)
+        if error is not None and report.error is None:
+            report.error = error
+
+    pending = list(range(len(stages)))
+    done: set[int] = set()
+    running: dict[cf.Future[tuple[StageResult, LakehouseError | None]], int] = {}
+    workers = max(MAX_PARALLEL_STAGES, ctx.settings.parallel_stages)
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stage") as pool:
+        while pending or running:
+            width = parallelism(ctx.settings, _cluster_cpus())
+            if width <= 1 and not running:  # one at a time, in this thread: as a serial loop would
+                i = pending.pop(0)
+                settle(*one(stages[i]))
+                done.add(i)
+                if report.error is not None:
+                    return
+                continue
+            while report.error is None and len(running) < width:
+                ready = next((i for i in pending if waits[i] <= done), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                # each stage in a copy of this context: a Prefect flow run's, the observers of its own steps
+                running[pool.submit(contextvars.copy_context().run, one, stages[ready])] = ready
+            if not running:
+                return  # failed, or nothing can start (cannot happen: the plan is in dependency order)
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in sorted(finished, key=running.__getitem__):
+                done.add(running.pop(future))
+                settle(*future.result())
+            if report.error is not None and not running:
+                return
 
 
 def sweep(ctx: RunContext) -> maintenance.SweepReport | None:

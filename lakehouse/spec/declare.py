@@ -273,6 +273,25 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         """Every stage of a run in an order that respects the dependencies (a table after the tables it reads; a
         silver table after the tables its ``references`` gates check), declaration order otherwise."""
+        deps = self.dependencies()
+        rank = {"bronze": 0, "silver": 1, "cdc": 2, "gold": 3}
+        order = {stage: i for i, stage in enumerate(deps)}
+        done: list[Stage] = []
+        left = dict(deps)
+        while left:
+            ready = [s for s, d in left.items() if not (d & left.keys())]
+            if not ready:
+                cycle = " -> ".join(f"{layer}.{name}" for layer, name in sorted(left, key=order.__getitem__))
+                raise ConfigError(f"pipeline {self.name}: the tables depend on each other in a cycle ({cycle})")
+            first = min(ready, key=lambda s: (rank[s[0]], order[s]))
+            done.append(first)
+            del left[first]
+        return done
+
+    def dependencies(self) -> dict[Stage, set[Stage]]:
+        """Each stage and the stages that must end before it starts (in declaration order): a silver table's source,
+        the silver tables its ``references`` gates check, a change history's table and source, and the writers of
+        each of a gold table's inputs."""
         deps: dict[Stage, set[Stage]] = {("bronze", s.name): set() for s in self.sources}
         writers: dict[str, set[Stage]] = {}  # silver/gold table -> the stages that write it
         for s in self.silver:
@@ -295,19 +314,7 @@ class Pipeline:
                 deps[("gold", g.name)] |= writers.get(table, set()) - {("gold", g.name)}
                 if table == g.name:
                     raise ConfigError(f"pipeline {self.name}: gold table {g.name!r} reads itself")
-        rank = {"bronze": 0, "silver": 1, "cdc": 2, "gold": 3}
-        order = {stage: i for i, stage in enumerate(deps)}
-        done: list[Stage] = []
-        left = dict(deps)
-        while left:
-            ready = [s for s, d in left.items() if not (d & left.keys())]
-            if not ready:
-                cycle = " -> ".join(f"{layer}.{name}" for layer, name in sorted(left, key=order.__getitem__))
-                raise ConfigError(f"pipeline {self.name}: the tables depend on each other in a cycle ({cycle})")
-            first = min(ready, key=lambda s: (rank[s[0]], order[s]))
-            done.append(first)
-            del left[first]
-        return done
+        return deps
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
@@ -37,7 +37,8 @@ class Storage:
     """The root of a lakehouse and how to reach it."""
 
     root: str
-    options: tuple[tuple[str, str], ...] = ()
+    # deltalake-style options, credentials among them: never in the repr (a Storage is in many a task's arguments)
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Storage:
@@ -150,6 +151,7 @@ def _probe_conditional_puts(root: str, options: tuple[tuple[str, str], ...]) -> 
     opts = dict(options)
     endpoint = opts.get("AWS_ENDPOINT_URL") or None
     fs = s3fs.S3FileSystem(key=opts.get("AWS_ACCESS_KEY_ID"), secret=opts.get("AWS_SECRET_ACCESS_KEY"),
+                           token=opts.get("AWS_SESSION_TOKEN"),
                            client_kwargs={"endpoint_url": endpoint, "region_name": opts.get("AWS_REGION")})
     bucket, _, prefix = root[len("s3://"):].partition("/")
     key = posixpath.join(prefix, "_meta", f".conditional-put-probe-{uuid.uuid4().hex}")
@@ -188,6 +190,7 @@ def _filesystem(is_s3: bool, options: tuple[tuple[str, str], ...]) -> pafs.FileS
     return pafs.S3FileSystem(
         access_key=opts.get("AWS_ACCESS_KEY_ID"),
         secret_key=opts.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=opts.get("AWS_SESSION_TOKEN"),
         region=opts.get("AWS_REGION", "us-east-1"),
         endpoint_override=endpoint.split("://", 1)[-1] or None,
         scheme=scheme,

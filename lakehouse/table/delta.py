@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -315,15 +316,21 @@ def _check_files_exist(storage: Storage, ref: TableRef, adds: list[DataFile]) ->
         raise TableError(f"{len(missing)} written files are missing, e.g. {missing[0]}", table=str(ref))
 
 
+_appending = threading.Lock()
+
+
 def append_rows(storage: Storage, ref: TableRef, rows: pa.Table) -> None:
-    """Append a small driver-side table (run records, rejected files); data tables never come through here."""
-    write_deltalake(
-        storage.uri(ref.rel),
-        rows,
-        mode="append",
-        schema_mode="merge",
-        storage_options=storage.delta_options(),
-    )
+    """Append a small driver-side table (run records, rejected files); data tables never come through here. One at a
+    time in a process: stages running at once may both be first to write a ``_meta`` table, and two creations of one
+    table race (appends to an existing one are retried by delta-rs)."""
+    with _appending:
+        write_deltalake(
+            storage.uri(ref.rel),
+            rows,
+            mode="append",
+            schema_mode="merge",
+            storage_options=storage.delta_options(),
+        )
 
 
 def to_arrow_dataset(storage: Storage, ref: TableRef, version: int | None = None) -> Any:

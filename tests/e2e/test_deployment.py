@@ -8,6 +8,7 @@ second run commits nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -163,6 +164,108 @@ def test_deployment_runs_the_pipeline_to_gold_and_reruns_as_a_no_op(stack: Stack
     assert {table: _delta_version(root / "gold" / table) for table in SORT} == versions
 
 
+CANARY = "canary-secret-51c0e9a7d3"  # the secret access key of the S3 store: moto takes any
+
+
+def test_a_deployment_on_s3_reads_its_credentials_from_a_block_and_no_output_shows_them(
+    stack: Stack, tmp_path: Path
+) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from examples.events.demo import generate
+    from lakehouse.storage import Storage
+    from tests.harness import assert_same_lake, contents, upload
+
+    # given: an S3 server on loopback whose key is known only to an AwsCredentials block on the Prefect server (the
+    # worker's environment has no AWS_* variable), and the events example landed on it and on a local root
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"} & set(stack.env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        opts = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "deployer",
+                "AWS_SECRET_ACCESS_KEY": CANARY, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+        s3 = boto3.client("s3", endpoint_url=opts["AWS_ENDPOINT_URL"], aws_access_key_id="deployer",
+                          aws_secret_access_key=CANARY, region_name="us-east-1")
+        s3.create_bucket(Bucket="lake")
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            AwsCredentials(aws_access_key_id="deployer", aws_secret_access_key=CANARY, region_name="us-east-1",
+                           aws_client_parameters=AwsClientParameters(endpoint_url=opts["AWS_ENDPOINT_URL"]),
+                           ).save("lake-s3", overwrite=True)
+        local = tmp_path / "local"
+        generate(Storage(str(local)), days=2, users=40, events_per_day=200, products=10, seed=5)
+        remote = "s3://lake/events"
+        upload(local, remote, opts)
+
+        # when the events deployment runs on the S3 root with the block's name (and two stages at once, as on a
+        # bigger cluster), and on the local root without either
+        on_s3 = _run_deployment(stack, remote, name="medallion/events", params={
+            "credentials": "aws-credentials/lake-s3"}, env={"LAKEHOUSE_PARALLEL_STAGES": "2"})
+        _run_deployment(stack, local, name="medallion/events")
+
+        # then it committed, and left the tables the local run left
+        assert {row["status"] for row in _summary(stack, on_s3)} == {"committed"}
+        assert_same_lake(contents(remote, opts), contents(local))
+        # and its independent stages (the gold tables, which read silver.events only) ran at once, as task runs of
+        # the flow run
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        with _client(stack) as client:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[on_s3])))
+        spans = sorted((t.start_time, t.end_time, t.name) for t in tasks if t.name.startswith("gold."))
+        assert len(spans) >= 2 and all(t.state is not None and t.state.is_completed() for t in tasks), tasks
+        assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
+
+        # when a run names a block that is not there, it fails saying which
+        missing = _run_deployment(stack, remote, name="medallion/events", watch=False,
+                                  params={"credentials": "aws-credentials/nosuch"})
+        with _client(stack) as client:
+            deadline = time.monotonic() + 300
+            while not (state := client.read_flow_run(missing).state) or not state.is_final():
+                assert time.monotonic() < deadline, stack.tail("worker.log")
+                time.sleep(1)
+        assert state.is_failed(), state
+        assert "credentials block 'aws-credentials/nosuch' is not on the Prefect server" in (state.message or ""), state
+
+        # and the secret is nowhere: not in the runs' parameters, logs or artifacts, their task runs, the server's
+        # and the worker's logs, Ray's logs, the Prefect database, any _meta table or any object the runs wrote
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        with _client(stack) as client:
+            for run_id in (on_s3, missing):
+                flow_run = client.read_flow_run(run_id)
+                assert flow_run.parameters["credentials"].startswith("aws-credentials/")
+                assert CANARY not in flow_run.model_dump_json()
+                assert CANARY not in _logs(stack, run_id)
+                artifacts = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+                assert artifacts and not [a.key for a in artifacts if CANARY in a.model_dump_json()]
+                task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+                assert not [t.name for t in task_runs if CANARY in t.model_dump_json()]
+        files = [p for p in stack.logs.rglob("*") if p.is_file() and p.suffix != ".lock"]
+        ray_logs = Path(stack.env["LAKEHOUSE_RAY_TEMP_DIR"])
+        files += [p for p in ray_logs.rglob("*") if p.is_file() and not p.is_socket()] if ray_logs.exists() else []
+        assert any(p.name.endswith(".db") for p in files), "the Prefect database was not found"
+        assert not [str(p) for p in files if CANARY.encode() in p.read_bytes()]
+        for table in ("runs", "checks", "rejected_files", "hot_keys"):
+            frame = pl.read_delta(f"{remote}/_meta/{table}", storage_options=opts) if _has_table(
+                s3, f"events/_meta/{table}/") else None
+            assert frame is None or CANARY not in frame.write_csv(), table
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix="events/")
+                for o in page.get("Contents", [])]
+        assert keys and not [k for k in keys if CANARY.encode() in s3.get_object(Bucket="lake", Key=k)["Body"].read()]
+    finally:
+        server.stop()
+
+
+def _has_table(s3: Any, prefix: str) -> bool:
+    return bool(s3.list_objects_v2(Bucket="lake", Prefix=prefix + "_delta_log/").get("KeyCount"))
+
+
 def test_one_active_run_at_a_time_and_the_backfill_deployment(stack: Stack, tmp_path: Path) -> None:
     from examples.tpch.demo import generate
     from lakehouse.storage import Storage
@@ -273,12 +376,16 @@ def _kill_run(flow_run_id: UUID) -> list[int]:
 
 
 def _run_deployment(
-    stack: Stack, root: Path, *, name: str = DEPLOYMENT, params: dict[str, str] | None = None, watch: bool = True
+    stack: Stack, root: Path | str, *, name: str = DEPLOYMENT, params: dict[str, str] | None = None, watch: bool = True,
+    env: dict[str, str] | None = None,
 ) -> UUID:
-    """Run a deployment with ``root``; unless ``watch`` is off, wait for it through the CLI and check it completed."""
+    """Run a deployment with ``root`` (and ``env`` in the flow run's environment, a job variable); unless ``watch`` is
+    off, wait for it through the CLI and check it completed."""
     args = ["deployment", "run", name, "--param", f"root={root}"]
     for key, value in (params or {}).items():
         args += ["--param", f"{key}={value}"]
+    if env:
+        args += ["--job-variable", f"env={json.dumps(env)}"]
     if watch:
         args += ["--watch", "--watch-timeout", "600"]
     run = stack.prefect(*args, timeout=660)

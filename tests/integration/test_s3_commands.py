@@ -88,6 +88,18 @@ def test_every_command_on_s3_does_what_it_does_locally_and_never_shows_the_secre
     count_local, count_s3 = both("query", "SELECT count(*) AS n FROM silver.events", "--format", "json",
                                  pipeline=False)
     assert count_local == count_s3 and json.loads(count_s3)["n"] > 0
+    # and the same query with the credentials, region and endpoint in a profile of the AWS files instead of variables
+    (tmp_path / "aws-credentials").write_text(
+        f"[lake]\naws_access_key_id = operator\naws_secret_access_key = {CANARY}\n")
+    (tmp_path / "aws-config").write_text(
+        f"[profile lake]\nregion = us-east-1\nendpoint_url = {s3['AWS_ENDPOINT_URL']}\n")
+    by_profile = {k: v for k, v in env.items() if not k.startswith("AWS_")} | {
+        "AWS_PROFILE": "lake", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config")}
+    done = cli("query", "SELECT count(*) AS n FROM silver.events", "--format", "json", "--root", remote,
+               env=by_profile)
+    said.extend([done.stdout, done.stderr])
+    assert done.returncode == 0 and done.stdout == count_s3, done.stderr
     both("sweep", "--retention-hours", "0", "--dry-run", pipeline=False)
 
     # then: the same tables, with as many versions, on both roots

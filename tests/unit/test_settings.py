@@ -114,3 +114,48 @@ def test_the_storage_timeout_comes_from_the_environment_and_must_be_seconds() ->
     assert settings_from_env("/l", env={"LAKEHOUSE_STORAGE_TIMEOUT": "5"}).storage_timeout == 5.0
     with pytest.raises(ConfigError, match="LAKEHOUSE_STORAGE_TIMEOUT must be a number of seconds, not '5s'"):
         settings_from_env("/l", env={"LAKEHOUSE_STORAGE_TIMEOUT": "5s"})
+
+
+def test_s3_credentials_from_a_profile_a_session_token_and_the_default_region(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    credentials, config = tmp_path / "credentials", tmp_path / "config"
+    credentials.write_text("[lake]\naws_access_key_id = profile-key\naws_secret_access_key = profile-secret\n"
+                           "aws_session_token = profile-token\n")
+    config.write_text("[profile lake]\nregion = eu-west-1\nendpoint_url = http://127.0.0.1:9000\n")
+    files = {"AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_CONFIG_FILE": str(config)}
+
+    s = settings_from_env("s3://bucket/lake", env={"AWS_PROFILE": "lake", **files})
+    # the profile is resolved at the edge: every process of the run gets the same keys, and the http endpoint from
+    # the profile allows plain HTTP
+    assert dict(s.storage_options) == {
+        "AWS_ACCESS_KEY_ID": "profile-key", "AWS_SECRET_ACCESS_KEY": "profile-secret",
+        "AWS_SESSION_TOKEN": "profile-token", "AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ALLOW_HTTP": "true"}
+    # explicit keys win over the profile, AWS_DEFAULT_REGION stands in for AWS_REGION
+    s = settings_from_env("s3://bucket/lake", env={"AWS_PROFILE": "lake", "AWS_ACCESS_KEY_ID": "k",
+                                                   "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-west-2",
+                                                   **files})
+    assert dict(s.storage_options) == {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                                       "AWS_REGION": "us-west-2"}
+    # credentials from a secret store win over the environment
+    s = settings_from_env("s3://bucket/lake", env=AWS, credentials={"AWS_SECRET_ACCESS_KEY": "from-block"})
+    assert s.storage_options["AWS_SECRET_ACCESS_KEY"] == "from-block"
+    assert s.storage_options["AWS_ACCESS_KEY_ID"] == "key"
+    with pytest.raises(ConfigError, match="AWS_PROFILE=nosuch"):
+        settings_from_env("s3://bucket/lake", env={"AWS_PROFILE": "nosuch", **files})
+    with pytest.raises(ConfigError, match="unknown S3 credential keys"):
+        settings_from_env("s3://bucket/lake", env={}, credentials={"AWS_SECRET": "x"})
+
+
+def test_no_secret_in_the_repr_of_settings_or_storage() -> None:
+    from lakehouse.storage import Storage
+
+    s = settings_from_env("s3://bucket/lake", env={**AWS, "AWS_SECRET_ACCESS_KEY": "canary-7f3e", "AWS_SESSION_TOKEN":
+                                                   "canary-token-9b2"})
+    storage = Storage.from_settings(s)
+    assert dict(storage.options)["AWS_SESSION_TOKEN"] == "canary-token-9b2"  # still there, to be used
+    for text in (repr(s), str(s), repr(storage), f"{storage}", repr([s])):
+        assert "canary" not in text, text
