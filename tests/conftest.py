@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only (see engine.py)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# moto's server (werkzeug) logs every request it serves at INFO: thousands of lines a run on an s3:// root
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 RAY = RaySettings(num_cpus=2, object_store_bytes=512 << 20)
 # The default gate fails a batch with more than 5% of its rows quarantined. Tests of what quarantine holds land small

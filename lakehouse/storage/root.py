@@ -121,11 +121,13 @@ class Storage:
         """Write a whole file so readers never see half of it (rename on local disk; S3 PUT is atomic)."""
         fs = self.filesystem()
         target = self.fs_path(rel)
-        fs.create_dir(posixpath.dirname(target), recursive=True)
         if self.is_s3:
+            # One PUT (the filesystem opens lazily, see _filesystem): S3 has no directories to create, and creating
+            # them cost a HEAD of the bucket and a PUT and HEAD per level for every file written.
             with fs.open_output_stream(target) as out:
                 out.write(data)
             return
+        fs.create_dir(posixpath.dirname(target), recursive=True)
         tmp = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}.tmp")
         with fs.open_output_stream(tmp) as out:
             out.write(data)
@@ -194,4 +196,7 @@ def _filesystem(is_s3: bool, options: tuple[tuple[str, str], ...]) -> pafs.FileS
         region=opts.get("AWS_REGION", "us-east-1"),
         endpoint_override=endpoint.split("://", 1)[-1] or None,
         scheme=scheme,
+        # A file smaller than one part goes up as one PutObject, not a multipart upload's three requests: the upload
+        # starts with the first full part (the cost: a bad bucket is only reported when the file is closed).
+        allow_delayed_open=True,
     )
