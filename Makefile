@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Reinstall only when the dependencies change.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo up down test test-fast lint constraints
+.PHONY: venv demo up down test test-extended test-all test-fast lint constraints
 
 venv: $(STAMP)
 
@@ -36,8 +36,16 @@ up: venv
 down:
 	bash infra/down.sh
 
-# Lint first (ruff + mypy, seconds): CI runs this target, and STYLE.md wants both in CI.
+# Lint first (ruff + mypy, seconds), then the default suite (about 12 minutes here). CI (.ci/run) runs it, then the
+# extended set: the scenarios of many processes that take minutes each (the Prefect deployments on a real server and
+# worker, the three-node Ray cluster, the crash sweeps, runs racing on S3), about 8 minutes more.
 test: lint
+	$(BIN)/python -m pytest -q -m "not extended" tests/
+
+test-extended: venv
+	$(BIN)/python -m pytest -q -m extended tests/
+
+test-all: lint
 	$(BIN)/python -m pytest -q tests/
 
 # Without the slow end-to-end tests (real Prefect server and worker).

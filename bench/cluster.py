@@ -35,6 +35,8 @@ def run(root: str, env: dict[str, str]) -> float:
 
 
 def main() -> None:
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -47,6 +49,7 @@ def main() -> None:
     raw, local = work / "landed", work / "local"
     generate(Storage(str(raw)), scale_factor=opts.scale_factor)
     shutil.copytree(raw / "raw", local / "raw")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a log line per request the S3 server serves
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()

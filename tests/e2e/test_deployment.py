@@ -33,7 +33,7 @@ from tests.oracle import SORT, assert_frames_match, expected
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.extended]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]

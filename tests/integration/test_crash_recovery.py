@@ -43,6 +43,7 @@ def _table(point: str) -> tuple[str, str]:
     return table, when
 
 
+@pytest.mark.extended
 def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
     landed: Path, clean: Clean, tmp_path: Path, ray_address: str
 ) -> None:
@@ -87,6 +88,7 @@ def test_killed_at_every_stage_boundary_a_rerun_gives_the_clean_tables(
     assert_same_lake(contents(root), clean.tables)
 
 
+@pytest.mark.extended
 def test_killed_at_random_moments_a_rerun_gives_the_clean_tables(
     landed: Path, clean: Clean, tmp_path: Path, ray_address: str
 ) -> None:

@@ -33,7 +33,7 @@ from tests.harness import (
     upload,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.extended]
 
 POINT = "worker:validate_file"
 

@@ -14,7 +14,7 @@ from examples.events.demo import generate
 from lakehouse.storage import Storage
 from tests.harness import assert_same_lake, cli, cli_env, contents, start, upload, versions
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.extended]
 
 
 def test_racing_runs_and_a_killed_run_on_s3_end_as_one_clean_run(
