@@ -33,7 +33,7 @@ from prefect.states import State
 import lakehouse
 from lakehouse import LakehouseError, RunContext, StageResult
 from lakehouse.ops.maintain import Report
-from lakehouse.settings import S3_KEYS, s3_options
+from lakehouse.settings import S3_KEYS, profile_options
 
 SUMMARY_KEY = "medallion-run-summary"
 PROGRESS_KEY = "medallion-progress"
@@ -227,8 +227,7 @@ def credentials_from_block(ref: str, data: dict[str, Any]) -> dict[str, str]:
                  "AWS_SESSION_TOKEN": data.get("aws_session_token"), "AWS_REGION": data.get("region_name"),
                  "AWS_ENDPOINT_URL": endpoint}
         if data.get("profile_name") and not found["AWS_ACCESS_KEY_ID"]:
-            profile = s3_options({**os.environ, "AWS_PROFILE": data["profile_name"]})
-            found = {**profile, **{k: v for k, v in found.items() if v}}
+            found = {**profile_options(data["profile_name"], os.environ), **{k: v for k, v in found.items() if v}}
     elif slug == "minio-credentials":
         found = {"AWS_ACCESS_KEY_ID": data.get("minio_root_user"),
                  "AWS_SECRET_ACCESS_KEY": data.get("minio_root_password"), "AWS_REGION": data.get("region_name"),

@@ -176,7 +176,7 @@ def s3_options(env: Mapping[str, str], credentials: Mapping[str, str] | None = N
         found["AWS_REGION"] = env["AWS_DEFAULT_REGION"]
     if env.get("AWS_PROFILE") and "AWS_ACCESS_KEY_ID" not in found and not (credentials or {}).get(
             "AWS_ACCESS_KEY_ID"):
-        found = {**_profile(env["AWS_PROFILE"], env), **found}
+        found = {**profile_options(env["AWS_PROFILE"], env), **found}
     found.update({k: v for k, v in (credentials or {}).items() if v})
     unknown = sorted(set(found) - set(S3_KEYS))
     if unknown:
@@ -186,8 +186,9 @@ def s3_options(env: Mapping[str, str], credentials: Mapping[str, str] | None = N
     return found
 
 
-def _profile(name: str, env: Mapping[str, str]) -> dict[str, str]:
-    """The credentials, region and endpoint of the AWS profile ``name``, as botocore resolves them."""
+def profile_options(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The credentials, region and endpoint of the AWS profile ``name``, as botocore resolves them (``env``: where
+    ``AWS_SHARED_CREDENTIALS_FILE`` and ``AWS_CONFIG_FILE`` may point elsewhere than ``~/.aws``)."""
     import botocore.exceptions
     import botocore.session
 

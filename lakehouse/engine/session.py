@@ -49,6 +49,15 @@ def _ray_running() -> bool:
     return bool(initialized is not None and initialized())
 
 
+def cluster_cpus() -> int | None:
+    """The CPUs of the cluster this process is connected to; None while Ray is not started (nothing starts it here)."""
+    if not _ray_running():
+        return None
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
 _starting = threading.Lock()  # stages that run at once may both be first to need Ray
 
 

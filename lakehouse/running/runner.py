@@ -331,16 +331,6 @@ def parallelism(settings: Settings, cluster_cpus: int | None) -> int:
     return max(1, min(MAX_PARALLEL_STAGES, cluster_cpus // CPUS_PER_PARALLEL_STAGE))
 
 
-def _cluster_cpus() -> int | None:
-    import sys
-
-    ray = sys.modules.get("ray")
-    initialized = getattr(ray, "is_initialized", None)  # None: not imported, or half imported by a stage's thread
-    if ray is None or initialized is None or not initialized():
-        return None
-    return int(ray.cluster_resources().get("CPU", 0))
-
-
 def _waits_for(ctx: RunContext, stages: list[Stage]) -> list[set[int]]:
     """For each stage, the earlier stages it must wait for: within a batch of months (or a whole run), those it
     depends on in the pipeline; a stage of a later batch, or one the pipeline does not know (a replay), waits for
@@ -386,7 +376,7 @@ def _schedule(ctx: RunContext, stages: list[Stage], waits: list[set[int]], run: 
     workers = max(MAX_PARALLEL_STAGES, ctx.settings.parallel_stages)
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stage") as pool:
         while pending or running:
-            width = parallelism(ctx.settings, _cluster_cpus())
+            width = parallelism(ctx.settings, engine.cluster_cpus())
             if width <= 1 and not running:  # one at a time, in this thread: as a serial loop would
                 i = pending.pop(0)
                 settle(*one(stages[i]))

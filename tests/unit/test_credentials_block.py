@@ -4,6 +4,8 @@ is tested end to end in tests/e2e/test_deployment.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from flows.medallion import credentials_from_block
@@ -52,3 +54,18 @@ def test_a_block_reference_names_its_type() -> None:
     for ref in ("lake", "s3-bucket/lake", "secret/"):
         with pytest.raises(ConfigError, match="<type>/<name>"):
             block_credentials(ref)
+
+
+def test_an_aws_credentials_block_naming_a_profile_takes_its_keys_from_the_workers_aws_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "credentials").write_text("[lake]\naws_access_key_id = pk\naws_secret_access_key = ps\n")
+    (tmp_path / "config").write_text("[profile lake]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    data = {"aws_access_key_id": None, "aws_secret_access_key": None, "profile_name": "lake", "region_name": None,
+            "aws_client_parameters": CLIENT}
+    # the profile's keys and region, the block's endpoint over nothing
+    assert credentials_from_block("aws-credentials/lake", data) == {
+        "AWS_ACCESS_KEY_ID": "pk", "AWS_SECRET_ACCESS_KEY": "ps", "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}
