@@ -1,7 +1,8 @@
 """Bronze: land raw files as they are, plus lineage, incrementally and exactly once per file.
 
 Plan (driver): the landed files of a source, minus those the bronze table already holds (read from the log: every
-bronze data file comes from one landed file and carries its path in exact ``_source_file`` stats). Execute (Ray
+data file ingestion writes comes from one landed file and carries its path in exact ``_source_file`` stats; those
+of a compacted file are recorded, see :mod:`lakehouse.bronze.landed`). Execute (Ray
 workers): one task per landed file reads it with every value as a string, keeps malformed lines apart with their
 line number, and writes Parquet into the bronze table (and the quarantine table). Commit (driver): one version.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse import engine, table
+from lakehouse.bronze import landed
 from lakehouse.bronze.read import DECLARED, file_format, read_landed
 from lakehouse.errors import SchemaMismatch, SourceFileError
 from lakehouse.quality import checks, quarantine, rejected_files
@@ -74,24 +76,25 @@ def app_id(source: str) -> str:
 
 def pending_files(
     storage: Storage, snap: table.Snapshot, rejected: Collection[tuple[str, int, int]] = (), *,
-    source: Source | None = None,
+    source: Source | None = None, done: Collection[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Landed files of the bronze table's source not in ``snap`` yet and not rejected as they are now (same size
     and modification time), by path (the order they are read and ranked in), and the landed files skipped because
-    their extension names no format we read (a source that declares its format reads every file as that)."""
+    their extension names no format we read (a source that declares its format reads every file as that). ``done``:
+    the landed files ``snap`` holds, when the caller has them already."""
     source = source or Source(snap.ref.name)
-    done = {f.mins.get("_source_file") for f in snap.files}
-    landed = sorted(storage.list_files(source.raw_dir), key=lambda f: f.path)
+    done = landed.landed(storage, snap) if done is None else done
+    arrived = sorted(storage.list_files(source.raw_dir), key=lambda f: f.path)
 
     def fmt(path: str) -> str | None:
         return DECLARED[source.format] if source.format else file_format(path)
 
     pending = [
         {"path": f.path, "size": f.size, "mtime_ms": f.mtime_ms, "format": fmt(f.path)}
-        for f in landed
+        for f in arrived
         if f.path not in done and fmt(f.path) is not None and (f.path, f.size, f.mtime_ms) not in rejected
     ]
-    return pending, [f.path for f in landed if fmt(f.path) is None]
+    return pending, [f.path for f in arrived if fmt(f.path) is None]
 
 
 def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = ()) -> StageResult:
@@ -103,8 +106,9 @@ def ingest(ctx: RunContext, declared: Source | str, required: Collection[str] = 
     result = StageResult(table=str(ref(source)))
     storage = ctx.storage
     base = table.snapshot(storage, ref(source))
-    pending, unknown = pending_files(storage, base, rejected_files.known(storage, source), source=declared)
-    ingested = len({f.mins.get("_source_file") for f in base.files})
+    done = landed.landed(storage, base)
+    pending, unknown = pending_files(storage, base, rejected_files.known(storage, source), source=declared, done=done)
+    ingested = len(done)
     result.inputs = {f"raw.{source}": ingested}
     result.version = base.version
     result.files_pending = len(pending)

@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import bronze, engine, silver, table
+from lakehouse.bronze import landed
 from lakehouse.cdc.debezium import Options
 from lakehouse.cdc.events import EVENT, SNAPSHOT_LSN, TIMESTAMP, chains, current, parse_events
 from lakehouse.quality import checks, quarantine
@@ -97,11 +98,11 @@ def apply(ctx: RunContext, cdc: Cdc, spec: Silver, declared: Source | None = Non
     common = {"storage": storage, "spec": spec, "staging": staging, "run_id": ctx.run_id}
     try:
         options = Options(cdc.decimal_handling, tuple(dict(cdc.scales).items()), cdc.unavailable_value)
-        parsed: list[Parsed] = engine.map_items([{"path": f.path} for f in new_files], _parse_file,
+        parsed: list[Parsed] = engine.map_items([f.item() for f in new_files], _parse_file,
                                                 fn_kwargs={**common, "source": cdc.source, "options": options,
                                                            "truncate": cdc.truncate})
         events = [m.events for m in parsed if m.events is not None]
-        rejected = [m.quarantined for m in parsed if m.quarantined is not None]
+        rejected = [f for m in parsed for f in m.quarantined]
         result.files_in = len(new_files)
         result.rows_in = sum(m.rows for m in parsed)
         result.rows_quarantined = sum(f.rows for f in rejected)
@@ -230,11 +231,12 @@ def _truncate_list(marks: dict[str, int], name: str) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Parsed:
-    """A bronze file of change events parsed: its rows, the staged valid events and the quarantined ones (if any)."""
+    """A bronze file of change events parsed: its rows, the staged valid events and the quarantined ones (a file per
+    landed file)."""
 
     rows: int
     events: DataFile | None
-    quarantined: DataFile | None
+    quarantined: tuple[DataFile, ...]
     skipped: int = 0  # events that change no row (logical messages, wrapped tombstones)
     truncates: tuple[tuple[int, int], ...] = ()  # (LSN, commit ms) of the truncates among the events
     findings: tuple[Finding, ...] = ()  # why events were quarantined, per check and column
@@ -252,22 +254,23 @@ def _parse_file(
     item: dict[str, Any], *, storage: Storage, spec: Silver, staging: str, run_id: str, source: str,
     options: Options, truncate: str,
 ) -> list[Parsed]:
-    raw = read_files(storage, bronze.ref(source).rel, [{"path": item["path"], "partition_values": {}}])
-    qfile = f = None
+    raw = landed.read_new(storage, source, item)
+    qfiles: list[DataFile] = []
+    f = None
     parse = parse_events(raw, spec.model, tuple(spec.keys), options, truncate)
     events, rejected = parse.events, parse.rejected
     failing = rejected.filter(pl.col("action") == "fail")
     if failing.height:  # a model rule (or a truncate) whose action is fail: the run stops, naming the event
         raise silver.row_failure(str(silver.ref(spec.name)), raw, failing)
     if rejected.height:  # the event as landed, with the reason
-        q = _rejected_events(raw, rejected, run_id)
-        qfile = quarantine.write(storage, source, q, stage="silver", source_file=q.column("_source_file")[0].as_py(),
-                                 run_id=run_id)
+        for q in quarantine.by_landed_file(_rejected_events(raw, rejected, run_id)):
+            qfiles.append(quarantine.write(storage, source, q, stage="silver",
+                                           source_file=q.column("_source_file")[0].as_py(), run_id=run_id))
     if events.height:
         f = write_data_file(storage, staging, events.to_arrow(), prefix="events")
     cut = events.filter(pl.col("_op") == "t")
     truncates = tuple(zip(cut.get_column("_lsn").to_list(), cut.get_column("_ts_ms").to_list(), strict=True))
-    return [Parsed(raw.height, f, qfile, parse.skipped, truncates, tuple(summaries(raw, rejected, "reject")))]
+    return [Parsed(raw.height, f, tuple(qfiles), parse.skipped, truncates, tuple(summaries(raw, rejected, "reject")))]
 
 
 def _rejected_events(raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str) -> pa.Table:

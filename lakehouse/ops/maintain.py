@@ -3,10 +3,15 @@ vacuum, and a health record per table and partition in ``_meta.table_health``.
 
 Compaction rewrites a partition's small files (under half of ``Settings.target_file_rows``) into files of up to that
 many rows, sorted by the table's keys (a silver table's, a gold table's, a change history's keys and LSN), so MERGE,
-change capture and key filters prune by the files' key ranges. Its commit says ``dataChange=false`` and is made
-against the version it planned from: a pipeline run that commits first wins, and the table is tried again next time
-(the run that loses to a compaction re-plans, like against any commit). Bronze and quarantine tables are left
-alone: each of their files is one landed file, which ingestion, quarantine replay and lineage key on.
+change capture and key filters prune by the files' key ranges; a bronze table's by landed file and line. Its commit
+says ``dataChange=false`` and is made against the version it planned from: a pipeline run that commits first wins,
+and the table is tried again next time (the run that loses to a compaction re-plans, like against any commit).
+
+Bronze gains a file per landed file: a compacted bronze file holds many, and which ones is recorded in
+``_meta.bronze_files`` before its commit (:mod:`lakehouse.bronze.landed`), so ingestion still knows every file it
+has taken and a silver table that has not caught up reads only its landed files' rows of it. Quarantine tables are
+left alone: each of their files holds one landed file's rejects at one stage, which replay rewrites file by file,
+and only landed files with rejects have one.
 
 Vacuum deletes the files a version removed more than ``retention_hours`` ago and the orphans of runs that never
 committed (:func:`lakehouse.ops.maintenance.sweep`); versions younger than the retention can still be read (time
@@ -27,13 +32,14 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import engine, table
+from lakehouse.bronze import landed
 from lakehouse.errors import CommitConflict, TableError
 from lakehouse.ops import maintenance
 from lakehouse.running.context import RunContext
 from lakehouse.spec import Pipeline
 from lakehouse.storage import Storage
-from lakehouse.storage.files import DataFile, read_data_file
-from lakehouse.storage.frames import write_frame
+from lakehouse.storage.files import DataFile, read_data_file, write_data_file
+from lakehouse.storage.frames import to_arrow
 from lakehouse.table import TableRef
 
 log = logging.getLogger("lakehouse")
@@ -44,8 +50,7 @@ HEALTH_SCHEMA = pa.schema([
     ("small_files", pa.int64()), ("bytes", pa.int64()), ("rows", pa.int64()), ("compacted", pa.int64()),
     ("outcome", pa.string()), ("run_id", pa.string()), ("maintained_at", pa.timestamp("us", tz="UTC")),
 ])
-COMPACTED = "compact"  # the prefix of a compacted file's name
-LEFT_ALONE = ("bronze", "quarantine")  # one file per landed file: see the module's docstring
+LEFT_ALONE = ("quarantine",)  # one file per landed file and stage: see the module's docstring
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Report:
 
 def sort_keys(pipeline: Pipeline) -> dict[str, tuple[str, ...]]:
     """The columns each table's compacted files are sorted by, by table name (``silver.orders``)."""
-    keys: dict[str, tuple[str, ...]] = {}
+    keys: dict[str, tuple[str, ...]] = {f"bronze.{s.name}": ("_source_file", "_source_line") for s in pipeline.sources}
     for s in pipeline.silver:
         keys[f"silver.{s.name}"] = tuple(s.keys)
     for c in pipeline.cdc:
@@ -157,9 +162,13 @@ def _compact(ctx: RunContext, snap: table.Snapshot, groups: list[list[table.Tabl
     items = [{"files": [f.path for f in g], "partition_values": g[0].partition_values} for g in groups]
     kwargs = {"storage": storage, "table_rel": snap.ref.rel, "schema": file_schema,
               "sort_by": [c for c in sort_by if c in file_schema.names], "max_rows": ctx.settings.target_file_rows,
-              "prefix": f"{COMPACTED}-{ctx.run_id}"}
-    written: list[DataFile] = engine.map_items(items, compact_group, fn_kwargs=kwargs)
+              "prefix": f"{landed.COMPACTED}-{ctx.run_id}", "lineage": snap.ref.layer == "bronze"}
+    done_groups: list[Compacted] = engine.map_items(items, compact_group, fn_kwargs=kwargs)
+    written = [c.file for c in done_groups]
     removes = [f for g in groups for f in g]
+    if snap.ref.layer == "bronze":
+        # before the commit: a compacted file in the log always has its landed files on record
+        landed.record(storage, snap.ref, {c.file.path: c.landed for c in done_groups}, ctx.run_id)
     try:
         table.commit(storage, snap, schema=snap.schema, adds=written, removes=removes, data_change=False,
                      metadata={"run_id": ctx.run_id, "stage": "maintain", "compacted": len(removes)})
@@ -205,14 +214,29 @@ def _health(snap: table.Snapshot, target_rows: int, done: TableReport) -> list[d
 # --- worker side -------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Compacted:
+    """A file written by compaction (uncommitted) and, in a bronze table, the landed files it holds."""
+
+    file: DataFile
+    landed: tuple[str, ...] = ()
+
+
 def compact_group(item: dict[str, Any], *, storage: Storage, table_rel: str, schema: pa.Schema, sort_by: list[str],
-                  max_rows: int, prefix: str) -> list[DataFile]:
-    """One partition's small files as files of up to ``max_rows`` rows, sorted by ``sort_by``."""
+                  max_rows: int, prefix: str, lineage: bool) -> list[Compacted]:
+    """One partition's small files as files of up to ``max_rows`` rows, sorted by ``sort_by``; with ``lineage``, each
+    with the landed files (``_source_file``) its rows came from."""
     parts = [pl.from_arrow(read_data_file(storage, table_rel, path)) for path in item["files"]]
     rows = pl.concat([p for p in parts if isinstance(p, pl.DataFrame)], how="diagonal_relaxed")
     if sort_by:
         rows = rows.sort(sort_by, nulls_last=True, maintain_order=True)
     # a column added to the table after some of these files were written: null in them
     rows = rows.with_columns(pl.lit(None).alias(c) for c in schema.names if c not in rows.columns).select(schema.names)
-    return write_frame(storage, table_rel, rows, schema, partition_values=item["partition_values"],
-                       prefix=f"{prefix}-{uuid.uuid4().hex[:8]}", max_rows=max_rows)
+    out = []
+    for chunk in rows.iter_slices(max_rows):
+        if chunk.height:
+            f = write_data_file(storage, table_rel, to_arrow(chunk, schema), partition_values=item["partition_values"],
+                                prefix=f"{prefix}-{uuid.uuid4().hex[:8]}")
+            held = tuple(chunk.get_column("_source_file").unique().sort().to_list()) if lineage else ()
+            out.append(Compacted(f, held))
+    return out

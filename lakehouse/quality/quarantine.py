@@ -80,6 +80,15 @@ def records(
     )
 
 
+def by_landed_file(records: pa.Table) -> list[pa.Table]:
+    """Records split by landed file (``_source_file``), in order of first appearance: a quarantine file holds one
+    landed file's rejects at one stage, which :func:`commit` and replay key on."""
+    sources = records.column("_source_file")
+    if pc.count_distinct(sources).as_py() <= 1:
+        return [records] if records.num_rows else []
+    return [records.filter(pc.equal(sources, s)) for s in pc.unique(sources).to_pylist()]
+
+
 def write(storage: Storage, name: str, rows: pa.Table, *, stage: str, source_file: str, run_id: str) -> DataFile:
     """Write the rejects of one landed file at one stage into ``quarantine.<name>`` (uncommitted)."""
     constant = {"stage": stage, "_source_file": source_file}

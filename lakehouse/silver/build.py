@@ -87,7 +87,7 @@ def build(ctx: RunContext, spec: SilverSpec) -> StageResult:
               "extra": extra}
     measures = drift_measures(spec) if gate.drift and timed else None
     try:
-        reads = [{"path": f.path} for f in new_files if f.rows]
+        reads = [f.item() for f in new_files if f.rows]
         # Only an incremental batch can be late: a full refresh takes every row, like a clean run, and a backfill
         # takes in its months' late rows (and releases them from quarantine after its commit).
         cutoff = None if rebuild else lookback_cutoff(base, spec, lookback_of(ctx, spec))

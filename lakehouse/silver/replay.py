@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import bronze, engine, table
+from lakehouse.bronze import landed
 from lakehouse.quality import quarantine
 from lakehouse.quality.validation import split_valid
 from lakehouse.running.context import RunContext, StageResult
@@ -64,9 +65,11 @@ def replay(ctx: RunContext, spec: SilverSpec) -> StageResult:
         still = [f for f in held if f.path in then]
         # None left (a full refresh replaced the silver-stage records since): nothing to finish.
         held, unfinished = (still, True) if still else (held, False)
-    by_source: dict[str, list[dict[str, Any]]] = {}
+    by_source: dict[str, list[dict[str, Any]]] = {}  # landed file -> the bronze files holding its lines
+    holds = landed.landed_files(storage, source)
     for f in source.files:
-        by_source.setdefault(str(f.mins.get("_source_file")), []).append(f.item())
+        for path in holds[f.path]:
+            by_source.setdefault(path, []).append(f.item())
     items = [{"quarantine": f.item(), "bronze": by_source.get(str(f.mins.get("_source_file")), [])} for f in held]
     staging = f"_staging/{ctx.run_id}/replay/{spec.name}"
     extra = new_columns(ctx, spec, source, base)

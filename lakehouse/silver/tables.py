@@ -10,6 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import bronze, table
+from lakehouse.bronze import landed
 from lakehouse.quality.validation import RowCheck, model_dtypes
 from lakehouse.running.context import RunContext
 from lakehouse.spec import Partitioning
@@ -57,12 +58,9 @@ def cdc_reset(storage: Storage, spec: SilverSpec) -> dict[str, int]:
     return {cdc_app_id(spec.name): -1} if applied is not None else {}
 
 
-def files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[TableFile]:
-    """Bronze files added after version ``mark`` (bronze only ever appends)."""
-    if mark is None:
-        return list(source.files)
-    seen = {f.path for f in table.snapshot(storage, source.ref, version=mark).files}
-    return [f for f in source.files if f.path not in seen]
+def files_since(storage: Storage, source: table.Snapshot, mark: int | None) -> list[landed.NewRows]:
+    """Bronze files with rows added after version ``mark`` (bronze only ever appends, and compacts)."""
+    return landed.new_since(storage, source, mark)
 
 
 def new_columns(

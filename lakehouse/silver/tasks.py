@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from lakehouse import bronze, engine
+from lakehouse import engine
+from lakehouse.bronze import landed
 from lakehouse.errors import QualityGateFailed, SchemaMismatch
 from lakehouse.quality import checks, quarantine
 from lakehouse.quality.validation import ROW_ID, model_dtypes, split_valid
@@ -67,13 +69,13 @@ def validate_file(
     cutoff: str | None,
     extra: tuple[str, ...],
 ) -> list[Report]:
-    raw = read_files(storage, bronze.ref(spec.source).rel, [{"path": item["path"], "partition_values": {}}])
+    raw = landed.read_new(storage, spec.source, item)
     missing = [c for c in model_dtypes(spec.model) if c not in raw.columns]
     if missing:
-        landed = raw.get_column("_source_file")[0] if raw.height else item["path"]
+        where = raw.get_column("_source_file")[0] if raw.height else item["path"]
         raise SchemaMismatch(
             f"required column {missing[0]!r} is missing (the model needs {', '.join(missing)})",
-            table=str(ref(spec.name)), path=landed, column=missing[0],
+            table=str(ref(spec.name)), path=where, column=missing[0],
         )
     split = split_valid(raw, spec.model, late_check(spec, cutoff, months))
     if split.failing.height:
@@ -89,10 +91,9 @@ def validate_file(
     out: list[Report] = [Read(raw.height, duplicates=split.valid.height - valid.height)]
     out += summaries(raw, split.warned, "warn") + summaries(raw, split.rejected, "reject")
     if split.rejected.height:
-        qfile = write_rejected(storage, spec, raw, split.rejected, run_id)
-        # held back by the lookback on purpose: counted, but not against the quality gate
-        late = int(split.rejected.get_column("check").str.starts_with(quarantine.LATE).sum())
-        out.append(Quarantined(qfile, late))
+        for qfile, late in write_rejected(storage, spec, raw, split.rejected, run_id):
+            # late: held back by the lookback on purpose, counted, but not against the quality gate
+            out.append(Quarantined(qfile, late))
     out += stage_valid(storage, spec, staging, valid, extra=extra, max_rows=max_rows, months=months)
     return out
 
@@ -174,10 +175,16 @@ def summaries(raw: pl.DataFrame, failures: pl.DataFrame, kind: Literal["warn", "
 
 def write_rejected(
     storage: Storage, spec: SilverSpec, raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str
-) -> DataFile:
-    q = rejected_records(raw, rejected, run_id)
-    landed = q.column("_source_file")[0].as_py()
-    return quarantine.write(storage, spec.name, q, stage="silver", source_file=landed, run_id=run_id)
+) -> list[tuple[DataFile, int]]:
+    """The rejects' quarantine files, one per landed file (a compacted bronze file holds many), each with how many of
+    its rows were held as late."""
+    records = rejected_records(raw, rejected, run_id)
+    out = []
+    for q in quarantine.by_landed_file(records):
+        late = int(pc.sum(pc.starts_with(q.column("check"), quarantine.LATE)).as_py() or 0)
+        source = q.column("_source_file")[0].as_py()
+        out.append((quarantine.write(storage, spec.name, q, stage="silver", source_file=source, run_id=run_id), late))
+    return out
 
 
 def rejected_records(raw: pl.DataFrame, rejected: pl.DataFrame, run_id: str) -> pa.Table:

@@ -2,7 +2,7 @@
 precise and with string decimals, plain with doubles, ExtractNewRecordState rows), with snapshot reads, deletes with
 tombstones, a primary-key change, a truncate, TOAST placeholders and a logical message, landed out of order and
 partly twice. silver.accounts equals applying the changes one by one in LSN order, in one run or a file per run in
-reverse; every event is in a table, in quarantine or counted as changing no row."""
+reverse (with bronze compacted halfway); every event is in a table, in quarantine or counted as changing no row."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 import lakehouse
+from lakehouse.running import runner
 from lakehouse.settings import Settings
 from tests import debezium as feed
 from tests.conftest import RAY
@@ -96,15 +97,23 @@ def test_files_landing_in_reverse_one_per_run_give_the_same_state_and_history(
     land(one, files)
     assert lakehouse.run(settings_one).ok
 
-    for name, text in reversed(files):  # the newest first: every older event arrives after newer ones
+    for i, (name, text) in enumerate(reversed(files)):  # the newest first: every older event arrives after newer ones
         land(many, [(name, text)])
         report = lakehouse.run(settings_many)
         assert report.ok, report.error
+        if i == len(files) // 2:  # halfway, the bronze files so far compacted into one: the feed goes on from it
+            done = {t.table: t for t in runner.maintain(settings_many).tables}["bronze.accounts_cdc"]
+            assert (done.outcome, done.files_after) == ("compacted", 1)
 
     wanted = feed.expected_frame(feed.replay(start, made))
     assert silver(many).select(feed.COLUMNS).sort("id").equals(wanted)
     columns = [*feed.COLUMNS, "valid_from", "valid_to", "is_current", "is_deleted", "_op", "_lsn", "_end_lsn",
                "_end_op", "_unavailable"]
+    assert silver(many, "accounts_history").select(columns).sort("id", "_lsn").equals(
+        silver(one, "accounts_history").select(columns).sort("id", "_lsn"))
+    # a full refresh applies every event again, from the compacted file as well
+    assert lakehouse.run(settings_many, full_refresh=True).ok
+    assert silver(many).select(feed.COLUMNS).sort("id").equals(wanted)
     assert silver(many, "accounts_history").select(columns).sort("id", "_lsn").equals(
         silver(one, "accounts_history").select(columns).sort("id", "_lsn"))
 

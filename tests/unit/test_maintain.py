@@ -28,5 +28,8 @@ def test_small_files_of_a_partition_are_grouped_up_to_the_target() -> None:
 
 
 def test_compacted_files_are_sorted_by_each_table_s_keys() -> None:
-    assert sort_keys(LEDGER) == {"silver.entries": ("entry_id",), "gold.shop_totals": ("shop_id",)}
-    assert sort_keys(BANK) == {"silver.accounts": ("id",), "silver.accounts_history": ("id", "_lsn")}
+    lineage = ("_source_file", "_source_line")  # bronze: by landed file and line
+    assert sort_keys(LEDGER) == {"bronze.entries": lineage, "silver.entries": ("entry_id",),
+                                 "gold.shop_totals": ("shop_id",)}
+    assert sort_keys(BANK) == {"bronze.accounts": lineage, "bronze.accounts_cdc": lineage, "silver.accounts": ("id",),
+                               "silver.accounts_history": ("id", "_lsn")}
