@@ -134,11 +134,14 @@ def maintain(ctx: RunContext, pipeline: Pipeline, *, retention_hours: float = 16
 
 def plan(snap: table.Snapshot, target_rows: int) -> list[list[table.TableFile]]:
     """Groups of small files (under half the target) of one partition each, of up to ``target_rows`` rows; only
-    groups of two files or more (rewriting one file changes nothing)."""
+    groups of two files or more (rewriting one file changes nothing). A bronze table's empty files stay: each is the
+    record that a landed file whose every line was malformed has been ingested (compacted, it would hold no row to
+    say so)."""
     small = target_rows // 2
+    keep_empty = snap.ref.layer == "bronze"
     by_partition: dict[tuple[Any, ...], list[table.TableFile]] = {}
     for f in snap.files:
-        if f.rows < small:
+        if f.rows < small and not (keep_empty and f.rows == 0):
             by_partition.setdefault(tuple(sorted(f.partition_values.items())), []).append(f)
     groups: list[list[table.TableFile]] = []
     for files in by_partition.values():
