@@ -11,7 +11,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lakehouse.quality.validation import ROW_ID, model_dtypes, split_valid
+from lakehouse.quality.validation import ROW_ID, cast_text, cast_texts, model_dtypes, split_valid
 from schemas.tpch import Lineitem, Orders
 
 GOOD_ORDER = {
@@ -240,3 +240,16 @@ def test_infinite_and_nan_amounts_are_rejected() -> None:
     assert split.rejected.select("column", "value").to_dicts() == [
         {"column": "o_totalprice", "value": v} for v in ("inf", "-inf", "NaN")
     ]
+
+
+TEXTS = st.one_of(st.none(), st.sampled_from(["", " ", "  7 ", "7", "-3", "1.5", " 1.5", "x", "2024-02-29",
+                                              " 2024-02-29 ", "2024-13-01", "2024-02-29T10:00:00Z", "1e3", "nan"]))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(TEXTS, TEXTS, TEXTS, TEXTS), min_size=1, max_size=30))
+def test_the_one_pass_cast_gives_what_trimming_every_value_gives(rows: list[tuple[Any, ...]]) -> None:
+    # (the cast tries each value as landed first and trims only columns where some value did not parse)
+    dtypes = {"i": pl.Int64, "f": pl.Float64, "d": pl.Date, "t": pl.Datetime("us", "UTC")}
+    df = pl.DataFrame(rows, schema={c: pl.String for c in dtypes}, orient="row")
+    assert cast_texts(df, dtypes).equals(df.with_columns(cast_text(c, t) for c, t in dtypes.items()))
