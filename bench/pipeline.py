@@ -1,6 +1,6 @@
 """Benchmark: `lakehouse run` on TPC-H at a scale factor, per layer, against single-process baselines.
 
-    python bench/pipeline.py --scale-factor 1 [--workdir /tmp/lakehouse-bench]
+    python bench/pipeline.py --scale-factor 1 [--repeat 3] [--workdir /tmp/lakehouse-bench]
 
 Arms, each run in this script on the same landed CSV files:
 * floor: pyarrow reads every landed CSV once and writes it to Parquet once (no types, no Delta, no checks);
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--scale-factor", type=float, default=1.0)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "lakehouse-bench"))
     p.add_argument("--parts-per-month", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=1, help="rounds of every arm; medians are compared")
     p.add_argument("--only-lakehouse", action="store_true",
                    help="build the lake without the baselines (bench/merge.py at scale factors Polars cannot hold)")
     args = p.parse_args()
@@ -93,35 +95,43 @@ def main() -> None:
     if not (root / "raw").exists():
         print(f"landing TPC-H SF {args.scale_factor:g} under {root / 'raw'} ...", flush=True)
         generate(Storage(str(root)), scale_factor=args.scale_factor, parts_per_month=args.parts_per_month)
-    for layer in ("bronze", "silver", "gold", "quarantine", "_meta", "_staging"):
-        shutil.rmtree(root / layer, ignore_errors=True)
     size = sum(f.stat().st_size for f in (root / "raw").rglob("*.csv"))
     print(f"raw CSV: {size / 1e9:.2f} GB in {sum(1 for _ in (root / 'raw').rglob('*.csv'))} files")
 
-    results = {}
-    baselines = () if args.only_lakehouse else (("floor", floor, root / "raw"), ("polars", polars_arm, root / "raw"))
-    for name, fn, arg in baselines:
-        out = work / f"out-{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        _, secs, peak = timed(fn, arg, out)
-        results[name] = (secs, peak, timed.cpu)
-        print(f"{name:<18} {secs:7.1f} s  cpu {timed.cpu:6.1f} s  peak {gib(peak)}  (sampling: {timed.cost:.1f} s)",
+    # Each round runs every arm once, in the same order; medians over the rounds (a 2-CPU machine varies by 10%+
+    # from one run to the next).
+    runs: dict[str, list[tuple[float, float, int]]] = {}
+    baselines = () if args.only_lakehouse else (("floor", floor), ("polars", polars_arm))
+    for _ in range(args.repeat):
+        for name, fn in baselines:
+            out = work / f"out-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            _, secs, peak = timed(fn, root / "raw", out)
+            runs.setdefault(name, []).append((secs, timed.cpu, peak))  # type: ignore[attr-defined]
+            print(f"{name:<18} {secs:7.1f} s  cpu {timed.cpu:6.1f} s  peak {gib(peak)}  "
+                  f"(sampling: {timed.cost:.1f} s)", flush=True)
+        for layer in ("bronze", "silver", "gold", "quarantine", "_meta", "_staging"):
+            shutil.rmtree(root / layer, ignore_errors=True)
+        report, secs, peak = timed(lakehouse_arm, root)
+        runs.setdefault("lakehouse", []).append((secs, timed.cpu, peak))  # type: ignore[attr-defined]
+        layers: dict[str, float] = {}
+        for r in report.results:  # type: ignore[attr-defined]
+            layers[r.table.split(".")[0]] = layers.get(r.table.split(".")[0], 0.0) + r.seconds
+        print(f"{'lakehouse':<18} {secs:7.1f} s  cpu {timed.cpu:6.1f} s  peak {gib(peak)}  "
+              + "  ".join(f"{k} {v:.1f} s" for k, v in layers.items()) + f"  (sampling: {timed.cost:.1f} s)",
               flush=True)
-    report, secs, peak = timed(lakehouse_arm, root)
-    cpu = timed.cpu  # type: ignore[attr-defined]
-    layers: dict[str, float] = {}
-    for r in report.results:  # type: ignore[attr-defined]
-        layers[r.table.split(".")[0]] = layers.get(r.table.split(".")[0], 0.0) + r.seconds
-    print(f"{'lakehouse':<18} {secs:7.1f} s  cpu {cpu:6.1f} s  peak {gib(peak)}  "
-          + "  ".join(f"{k} {v:.1f} s" for k, v in layers.items()) + f"  (sampling: {timed.cost:.1f} s)",
-          flush=True)
     if args.only_lakehouse:
         return
     _, secs2, peak2 = timed(lakehouse_arm, root)
     print(f"{'lakehouse rerun':<18} {secs2:7.1f} s  peak {gib(peak2)}  (nothing new landed)")
+    med = {name: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for name, rs in runs.items()}
+    if args.repeat > 1:
+        for name, (w, c, m) in med.items():
+            print(f"{name:<18} median of {args.repeat}: {w:7.1f} s  cpu {c:6.1f} s  peak {gib(int(m))}")
+    secs, cpu, peak = med["lakehouse"]
     for base in ("floor", "polars"):
-        b_secs, b_peak, b_cpu = results[base]
+        b_secs, b_cpu, b_peak = med[base]
         print(f"lakehouse / {base:<7} wall {secs / b_secs:5.2f}x   cpu {cpu / b_cpu:5.2f}x   "
               f"peak memory {peak / b_peak:5.2f}x")
 
