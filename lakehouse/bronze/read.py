@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -124,18 +125,21 @@ def read_csv(
         raise SourceFileError(f"a quoted value opened on line {opened} is never closed", path=path)
     # The valid rows are the record numbers not taken by a bad record. pyarrow skips blank lines without numbering
     # them: map record numbers back to line numbers when the file has any.
-    taken = {b[0] for b in bad}
-    lines, number = [], 2
-    for _ in range(rows.num_rows):
-        while number in taken:
-            number += 1
-        lines.append(number)
-        number += 1
+    lines = _record_numbers(rows.num_rows, {b[0] for b in bad})
     to_line = _record_lines(raw)
     if to_line:
         lines = [to_line(n) for n in lines]
         bad = [(to_line(n), text, reason) for n, text, reason in bad]
     return rows, lines, bad
+
+
+def _record_numbers(count: int, taken: set[int]) -> list[int]:
+    """The record numbers of ``count`` valid records: from 2 (after the header) up, skipping those ``taken`` by bad
+    records."""
+    if not taken:
+        return list(range(2, 2 + count))
+    numbers = pl.int_range(2, 2 + count + len(taken), eager=True)
+    return numbers.filter(~numbers.is_in(list(taken))).head(count).to_list()
 
 
 def _swallows_lines(rows: pa.Table) -> bool:
